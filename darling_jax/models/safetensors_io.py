@@ -111,6 +111,22 @@ class SafetensorsFolder(Mapping[str, np.ndarray]):
     return len(self._entry)
 
 
+def place_sliced(
+    shape: tuple[int, ...],
+    dtype,
+    sharding: jax.sharding.Sharding,
+    slice_fn: Callable[[tuple[slice, ...]], np.ndarray],
+) -> jax.Array:
+  """A global array with `sharding` where each device's block comes from `slice_fn(index)`.
+
+  `slice_fn` reads only the requested block (memory-mapped sources), so placing a sharded parameter
+  never materialises the whole tensor, neither on a device nor on the host.
+  """
+  return jax.make_array_from_callback(
+      tuple(shape), sharding, lambda idx: np.asarray(slice_fn(idx)).astype(dtype, copy=False)
+  )
+
+
 def place(
     produce: Callable[[], np.ndarray],
     shape: tuple[int, ...],
@@ -118,24 +134,14 @@ def place(
     sharding: jax.sharding.Sharding,
     what: str,
 ) -> jax.Array:
-  """Builds a global array with `sharding` whose devices each receive only their slice.
+  """`place_sliced` for a lazily produced host array, checking its shape against the config's.
 
-  `produce` returns the full host array lazily (memory-mapped for safetensors); it is called once.
+  `produce` is called once; memory-mapped arrays stay lazy, so each device still reads only its slice.
   """
-  cache: list[np.ndarray] = []
-
-  def host() -> np.ndarray:
-    if not cache:
-      arr = np.asarray(produce())
-      if tuple(arr.shape) != tuple(shape):
-        raise InputError(what, f"has shape {tuple(arr.shape)}, the config implies {tuple(shape)}")
-      cache.append(arr)
-    return cache[0]
-
-  host()  # validate the shape before any device work
-  return jax.make_array_from_callback(
-      tuple(shape), sharding, lambda idx: np.asarray(host()[idx], dtype=dtype)
-  )
+  arr = produce()
+  if tuple(arr.shape) != tuple(shape):
+    raise InputError(what, f"has shape {tuple(arr.shape)}, the config implies {tuple(shape)}")
+  return place_sliced(tuple(shape), dtype, sharding, lambda idx: arr[idx])
 
 
 def _write_file(tensors: Mapping[str, np.ndarray], path: pathlib.Path) -> None:

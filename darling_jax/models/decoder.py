@@ -1,0 +1,274 @@
+"""The decoder-only transformer (Llama / SmolLM2 / Qwen2 / Qwen3) in Flax NNX.
+
+Axis letters: B batch, T query length, S key/value length (cache slots), D model width, F MLP width,
+N query heads, K key/value heads, G = N // K heads per KV head, H head dim, V vocab, L layers.
+
+Layers are stored stacked ([L, ...] parameters with the logical axis "layers") and run under
+`jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis names;
+`darling_jax.sharding.state_shardings` maps them onto a mesh.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from darling_jax.models.decoder_config import DecoderConfig, rope_inv_freq
+
+# Finite rather than -inf: a fully masked query row (left padding) then gives a finite uniform
+# softmax instead of NaNs that would poison gradients through `where`.
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys/values of every layer: k, v [L, B, S, K, H]. Slot s of row b is valid iff kv_mask[b, s]."""
+
+  k: Array
+  v: Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+
+
+def _param(rngs: nnx.Rngs, kind: str, shape: tuple[int, ...], names: tuple[str | None, ...],
+           dtype) -> nnx.Param:
+  match kind:
+    case "normal":
+      value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+    case "ones":
+      value = jnp.ones(shape, jnp.float32)
+    case "zeros":
+      value = jnp.zeros(shape, jnp.float32)
+    case _:
+      raise ValueError(kind)
+  return nnx.Param(value.astype(dtype), sharding_names=names, eager_sharding=False)
+
+
+class DecoderLayers(nnx.Module):
+  """All L transformer blocks' parameters, stacked on a leading layer axis."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    L, D, F, N, K, H = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                        cfg.num_kv_heads, cfg.head_dim)
+    p = lambda kind, shape, names: _param(rngs, kind, shape, names, param_dtype)  # noqa: E731
+    self.attn_norm = p("ones", (L, D), ("layers", None))
+    self.q = p("normal", (L, D, N, H), ("layers", "embed", "heads", "head_dim"))
+    self.k = p("normal", (L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+    self.v = p("normal", (L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+    self.o = p("normal", (L, N, H, D), ("layers", "heads", "head_dim", "embed"))
+    if cfg.qkv_bias:
+      self.q_bias = p("zeros", (L, N, H), ("layers", "heads", "head_dim"))
+      self.k_bias = p("zeros", (L, K, H), ("layers", "kv_heads", "head_dim"))
+      self.v_bias = p("zeros", (L, K, H), ("layers", "kv_heads", "head_dim"))
+    if cfg.o_bias:
+      self.o_bias = p("zeros", (L, D), ("layers", None))
+    if cfg.qk_norm:
+      self.q_norm = p("ones", (L, H), ("layers", None))
+      self.k_norm = p("ones", (L, H), ("layers", None))
+    self.mlp_norm = p("ones", (L, D), ("layers", None))
+    self.gate = p("normal", (L, D, F), ("layers", "embed", "mlp"))
+    self.up = p("normal", (L, D, F), ("layers", "embed", "mlp"))
+    self.down = p("normal", (L, F, D), ("layers", "mlp", "embed"))
+    if cfg.mlp_bias:
+      self.gate_bias = p("zeros", (L, F), ("layers", "mlp"))
+      self.up_bias = p("zeros", (L, F), ("layers", "mlp"))
+      self.down_bias = p("zeros", (L, D), ("layers", None))
+
+  def stacked(self) -> dict[str, Array]:
+    """{name: [L, ...] array} of every present parameter (the scan's per-layer input)."""
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+  # Statistics in float32: bf16's 8-bit mantissa loses the mean of squares over wide rows.
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return normed.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def rope_angles(positions_BxT: Int[Array, "B T"], inv_freq_Hh: Array) -> tuple[Array, Array]:
+  # Angles in float32: positions up to 1e5 times frequencies need more than bf16's 3 digits.
+  ang = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_Hh[None, None, :]
+  ang = jnp.concatenate([ang, ang], axis=-1)  # [B, T, H] in rotate-half layout
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x_BxTxNxH: Array, cos_BxTxH: Array, sin_BxTxH: Array) -> Array:
+  half = x_BxTxNxH.shape[-1] // 2
+  x = x_BxTxNxH.astype(jnp.float32)
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x * cos_BxTxH[:, :, None, :] + rotated * sin_BxTxH[:, :, None, :]
+  return out.astype(x_BxTxNxH.dtype)
+
+
+def attend(q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array,
+           mask_BxTxS: Bool[Array, "B T S"]) -> Array:
+  """Grouped-query softmax attention; scores and softmax in float32."""
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxSxKxH.shape[2]
+  q = q_BxTxNxH.reshape(B, T, K, N // K, H)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH, preferred_element_type=jnp.float32)
+  scores = scores * (H ** -0.5)
+  scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH, preferred_element_type=jnp.float32)
+  return out.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
+
+
+def project_qkv(cfg: DecoderConfig, lp: dict[str, Array], h_BxTxD: Array, cos: Array, sin: Array):
+  """Normalised input -> RoPE'd q [B,T,N,H], k [B,T,K,H], v [B,T,K,H]."""
+  dt = h_BxTxD.dtype
+  q = jnp.einsum("btd,dnh->btnh", h_BxTxD, lp["q"].astype(dt))
+  k = jnp.einsum("btd,dkh->btkh", h_BxTxD, lp["k"].astype(dt))
+  v = jnp.einsum("btd,dkh->btkh", h_BxTxD, lp["v"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = q + lp["q_bias"].astype(dt), k + lp["k_bias"].astype(dt), v + lp["v_bias"].astype(dt)
+  if cfg.qk_norm:
+    q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attn_out_and_mlp(cfg: DecoderConfig, lp: dict[str, Array], x_BxTxD: Array,
+                     attn_BxTxNxH: Array) -> Array:
+  """Residual stream after the attention output projection and the SwiGLU MLP."""
+  dt = x_BxTxD.dtype
+  o = jnp.einsum("btnh,nhd->btd", attn_BxTxNxH, lp["o"].astype(dt))
+  if cfg.o_bias:
+    o = o + lp["o_bias"].astype(dt)
+  x = x_BxTxD + o
+  h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+  gate = jnp.einsum("btd,df->btf", h, lp["gate"].astype(dt))
+  up = jnp.einsum("btd,df->btf", h, lp["up"].astype(dt))
+  if cfg.mlp_bias:
+    gate, up = gate + lp["gate_bias"].astype(dt), up + lp["up_bias"].astype(dt)
+  down = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down"].astype(dt))
+  if cfg.mlp_bias:
+    down = down + lp["down_bias"].astype(dt)
+  return x + down
+
+
+def positions_from_mask(mask_BxT: Array) -> Int[Array, "B T"]:
+  """Position ids that skip left padding: 0 at each row's first real token."""
+  return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Decoder(nnx.Module):
+  """Causal LM: `model(input_ids, attention_mask=mask) -> logits [B, T, V]` (float32)."""
+
+  def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+               dtype=jnp.float32, remat: bool = False):
+    self.config = config
+    self.dtype = dtype  # compute (activation) dtype
+    self.remat = remat  # recompute each block in the backward pass (training memory)
+    self.embed = _param(rngs, "normal", (config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                        param_dtype)
+    self.layers = DecoderLayers(config, rngs=rngs, param_dtype=param_dtype)
+    self.final_norm = _param(rngs, "ones", (config.hidden_size,), (None,), param_dtype)
+    if not config.tie_word_embeddings:
+      self.lm_head = _param(rngs, "normal", (config.hidden_size, config.vocab_size),
+                            ("embed", "vocab"), param_dtype)
+
+  # ---- building blocks shared by the full and the cached forward ---------------------------------
+
+  def _inv_freq(self) -> Array:
+    return jnp.asarray(rope_inv_freq(self.config), jnp.float32)
+
+  def embed_tokens(self, tokens_BxT: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+    return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
+
+  def head_weight(self) -> Float[Array, "D V"]:
+    return self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+
+  def logits(self, hidden_BxTxD: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    out = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.head_weight().astype(hidden_BxTxD.dtype),
+                     preferred_element_type=jnp.float32)
+    return out
+
+  def _scan_blocks(self, block_fn, x_BxTxD: Array, extra_xs: Any = None):
+    fn = jax.checkpoint(block_fn) if self.remat else block_fn
+    return jax.lax.scan(fn, x_BxTxD, (self.layers.stacked(), extra_xs))
+
+  # ---- full-sequence forward ---------------------------------------------------------------------
+
+  def hidden_states(
+      self,
+      input_ids: Int[Array, "B T"],
+      attention_mask: Int[Array, "B T"] | None = None,
+      positions: Int[Array, "B T"] | None = None,
+  ) -> Float[Array, "B T D"]:
+    """Final-norm hidden states under a causal + padding mask (left or right padding)."""
+    cfg = self.config
+    tokens = jnp.asarray(input_ids, jnp.int32)
+    mask = (jnp.ones_like(tokens, dtype=bool) if attention_mask is None
+            else jnp.asarray(attention_mask).astype(bool))
+    pos = positions_from_mask(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+    T = tokens.shape[1]
+    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+    mask_BxTxS = causal_TxT[None] & mask[:, None, :]
+    cos, sin = rope_angles(pos, self._inv_freq())
+
+    def block(x, xs):
+      lp, _ = xs
+      h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+      q, k, v = project_qkv(cfg, lp, h, cos, sin)
+      return attn_out_and_mlp(cfg, lp, x, attend(q, k, v, mask_BxTxS)), None
+
+    x, _ = self._scan_blocks(block, self.embed_tokens(tokens))
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+
+  def __call__(self, input_ids, attention_mask=None, positions=None) -> Float[Array, "B T V"]:
+    return self.logits(self.hidden_states(input_ids, attention_mask, positions))
+
+  # ---- KV-cache forward --------------------------------------------------------------------------
+
+  def init_cache(self, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:
+    c = self.config
+    shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+  def extend(
+      self,
+      tokens_BxT: Int[Array, "B T"],
+      positions_BxT: Int[Array, "B T"],
+      cache: KVCache,
+      index: Int[Array, ""],
+      kv_mask_BxS: Bool[Array, "B S"],
+  ) -> tuple[Float[Array, "B T D"], KVCache]:
+    """Runs T new tokens, writing their K/V into cache slots [index, index + T).
+
+    Token t attends to slots s with kv_mask[b, s] and s <= index + t; the caller marks the new
+    slots valid in `kv_mask_BxS` (left-padded prompts leave their pad slots invalid).
+    Returns final-norm hidden states (apply `logits` to the positions you need) and the new cache.
+    """
+    cfg = self.config
+    T = tokens_BxT.shape[1]
+    S = cache.max_len
+    slot_S = jnp.arange(S)
+    query_slot_T = index + jnp.arange(T)
+    mask_BxTxS = kv_mask_BxS[:, None, :] & (slot_S[None, None, :] <= query_slot_T[None, :, None])
+    cos, sin = rope_angles(positions_BxT, self._inv_freq())
+
+    def block(x, xs):
+      lp, (k_cache, v_cache) = xs
+      h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+      q, k, v = project_qkv(cfg, lp, h, cos, sin)
+      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
+      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
+      out = attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_BxTxS)
+      return attn_out_and_mlp(cfg, lp, x, out), (k_cache, v_cache)
+
+    x, (k_new, v_new) = self._scan_blocks(block, self.embed_tokens(tokens_BxT), (cache.k, cache.v))
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), KVCache(k=k_new, v=v_new)
