@@ -11,7 +11,7 @@ Layers are stored stacked ([L, ...] parameters with the logical axis "layers") a
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -91,11 +91,16 @@ class DecoderLayers(nnx.Module):
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
 
+def _lead(w: Array, x: Array) -> Array:
+  """`w` with leading unit dims to x's rank, cast to x's dtype (explicit: rank promotion is off)."""
+  return w.astype(x.dtype).reshape((1,) * (x.ndim - w.ndim) + w.shape)
+
+
 def rms_norm(x: Array, weight: Array, eps: float) -> Array:
   # Statistics in float32: bf16's 8-bit mantissa loses the mean of squares over wide rows.
   x32 = x.astype(jnp.float32)
   normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return normed.astype(x.dtype) * weight.astype(x.dtype)
+  return normed.astype(x.dtype) * _lead(weight, x)
 
 
 def rope_angles(positions_BxT: Int[Array, "B T"], inv_freq_Hh: Array) -> tuple[Array, Array]:
@@ -134,7 +139,7 @@ def project_qkv(cfg: DecoderConfig, lp: dict[str, Array], h_BxTxD: Array, cos: A
   k = jnp.einsum("btd,dkh->btkh", h_BxTxD, lp["k"].astype(dt))
   v = jnp.einsum("btd,dkh->btkh", h_BxTxD, lp["v"].astype(dt))
   if cfg.qkv_bias:
-    q, k, v = q + lp["q_bias"].astype(dt), k + lp["k_bias"].astype(dt), v + lp["v_bias"].astype(dt)
+    q, k, v = q + _lead(lp["q_bias"], q), k + _lead(lp["k_bias"], k), v + _lead(lp["v_bias"], v)
   if cfg.qk_norm:
     q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
@@ -147,16 +152,16 @@ def attn_out_and_mlp(cfg: DecoderConfig, lp: dict[str, Array], x_BxTxD: Array,
   dt = x_BxTxD.dtype
   o = jnp.einsum("btnh,nhd->btd", attn_BxTxNxH, lp["o"].astype(dt))
   if cfg.o_bias:
-    o = o + lp["o_bias"].astype(dt)
+    o = o + _lead(lp["o_bias"], o)
   x = x_BxTxD + o
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
   gate = jnp.einsum("btd,df->btf", h, lp["gate"].astype(dt))
   up = jnp.einsum("btd,df->btf", h, lp["up"].astype(dt))
   if cfg.mlp_bias:
-    gate, up = gate + lp["gate_bias"].astype(dt), up + lp["up_bias"].astype(dt)
+    gate, up = gate + _lead(lp["gate_bias"], gate), up + _lead(lp["up_bias"], up)
   down = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down"].astype(dt))
   if cfg.mlp_bias:
-    down = down + lp["down_bias"].astype(dt)
+    down = down + _lead(lp["down_bias"], down)
   return x + down
 
 
@@ -208,8 +213,12 @@ class Decoder(nnx.Module):
       input_ids: Int[Array, "B T"],
       attention_mask: Int[Array, "B T"] | None = None,
       positions: Int[Array, "B T"] | None = None,
+      inputs_embeds: Float[Array, "B T D"] | None = None,
   ) -> Float[Array, "B T D"]:
-    """Final-norm hidden states under a causal + padding mask (left or right padding)."""
+    """Final-norm hidden states under a causal + padding mask (left or right padding).
+
+    `inputs_embeds` replaces the token embedding lookup (as in HF), e.g. for gradient probes.
+    """
     cfg = self.config
     tokens = jnp.asarray(input_ids, jnp.int32)
     mask = (jnp.ones_like(tokens, dtype=bool) if attention_mask is None
@@ -226,11 +235,17 @@ class Decoder(nnx.Module):
       q, k, v = project_qkv(cfg, lp, h, cos, sin)
       return attn_out_and_mlp(cfg, lp, x, attend(q, k, v, mask_BxTxS)), None
 
-    x, _ = self._scan_blocks(block, self.embed_tokens(tokens))
+    x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+    x, _ = self._scan_blocks(block, x)
     return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
 
   def __call__(self, input_ids, attention_mask=None, positions=None) -> Float[Array, "B T V"]:
-    return self.logits(self.hidden_states(input_ids, attention_mask, positions))
+    """Logits [B, T, V] (float32); array-likes in. Compiled once per input shape."""
+    ids = jnp.asarray(input_ids, jnp.int32)
+    mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    pos = None if positions is None else jnp.asarray(positions, jnp.int32)
+    graphdef, state = nnx.split(self)
+    return _jitted_logits(graphdef, state, ids, mask, pos)
 
   # ---- KV-cache forward --------------------------------------------------------------------------
 
@@ -272,3 +287,11 @@ class Decoder(nnx.Module):
 
     x, (k_new, v_new) = self._scan_blocks(block, self.embed_tokens(tokens_BxT), (cache.k, cache.v))
     return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), KVCache(k=k_new, v=v_new)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_logits(graphdef, state, ids, mask, pos):
+  # Eager op-by-op execution of 30 scanned layers costs seconds per call; this compiles once per
+  # shape. A pure split/merge function (not nnx.jit) so it also nests inside users' jax.jit/grad.
+  model = nnx.merge(graphdef, state)
+  return model.logits(model.hidden_states(ids, mask, pos))

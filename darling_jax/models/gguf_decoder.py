@@ -48,7 +48,11 @@ def _field(reader, key: str, path: pathlib.Path, default: Any = None, required: 
     return [f.parts[i][0].item() for i in f.data]
   if f.types and f.types[0] == gguf.GGUFValueType.STRING:
     return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
-  return f.parts[f.data[0]][0].item()
+  value = f.parts[f.data[0]][0]
+  if f.types and f.types[0] == gguf.GGUFValueType.FLOAT32:
+    # float32 1e-5 widens to 9.99999974e-06; its shortest decimal form is what the author wrote.
+    return float(repr(value).removeprefix("np.float32(").removesuffix(")"))
+  return value.item()
 
 
 def gguf_config(reader, path: pathlib.Path) -> DecoderConfig:

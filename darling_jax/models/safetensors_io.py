@@ -99,6 +99,10 @@ class SafetensorsFolder(Mapping[str, np.ndarray]):
     buf = self._maps[path][data_start + begin : data_start + end]
     return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
 
+  def __contains__(self, name: object) -> bool:
+    # Mapping's default __contains__ relies on KeyError; __getitem__ raises InputError instead.
+    return name in self._entry
+
   def shape_of(self, name: str) -> tuple[int, ...]:
     if name not in self._entry:
       raise InputError(self.folder, f"checkpoint has no tensor named {name!r}")
