@@ -1,6 +1,5 @@
 """Partitions and diversity scores vs plain-Python union-find / greedy, hand cases, symmetries."""
 
-import importlib.util
 import pathlib
 
 import jax
@@ -19,9 +18,7 @@ from darling_jax.diversity import (
 from darling_jax.errors import InputError
 
 _REF = pathlib.Path(__file__).resolve().parents[1] / "rl" / "numpy_reference.py"
-_spec = importlib.util.spec_from_file_location("darling_numpy_reference", _REF)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import testing_support.numpy_rl_reference as ref
 
 # Everything runs jitted (as in the update step); eager op-by-op dispatch is ~10x slower on CPU.
 uf_jit = jax.jit(union_find_classes)

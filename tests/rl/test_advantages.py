@@ -1,7 +1,5 @@
 """Group advantages: hand cases, NumPy reference, and the paper's worked example end to end."""
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +10,7 @@ from darling_jax.diversity import diversity_scores, equivalence_from_probs, unio
 from darling_jax.errors import InputError
 from darling_jax.rl import FusionConfig, ScaleRewards, fuse, group_advantages
 
-_spec = importlib.util.spec_from_file_location(
-    "darling_numpy_reference", pathlib.Path(__file__).resolve().parent / "numpy_reference.py")
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import testing_support.numpy_rl_reference as ref
 
 adv_jit = jax.jit(group_advantages, static_argnames=("scale", "eps"))
 

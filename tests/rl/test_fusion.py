@@ -1,7 +1,5 @@
 """Reward fusion: hand-computed cases and float64 NumPy reference on random groups."""
 
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
@@ -10,10 +8,7 @@ import pytest
 from darling_jax.errors import InputError
 from darling_jax.rl import Fusion, FusionConfig, fuse
 
-_spec = importlib.util.spec_from_file_location(
-    "darling_numpy_reference", pathlib.Path(__file__).resolve().parent / "numpy_reference.py")
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import testing_support.numpy_rl_reference as ref
 
 fuse_jit = jax.jit(fuse, static_argnames="config")
 

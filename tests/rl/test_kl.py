@@ -1,7 +1,5 @@
 """KL estimators vs hand values and a float64 NumPy reference; gradients; the aggregated KL loss."""
 
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
@@ -10,10 +8,7 @@ import pytest
 from darling_jax.errors import InputError
 from darling_jax.rl import KLConfig, KLEstimator, agg_loss, kl_loss, kl_penalty, loss_normalizer
 
-_spec = importlib.util.spec_from_file_location(
-    "darling_numpy_reference", pathlib.Path(__file__).resolve().parent / "numpy_reference.py")
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import testing_support.numpy_rl_reference as ref
 
 kl_jit = jax.jit(kl_penalty, static_argnames="estimator")
 

@@ -1,8 +1,6 @@
 """PPO clipped surrogate and aggregation vs hand values, a float64 NumPy reference, gradients, and
 exact micro-batch accumulation."""
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +10,7 @@ import pytest
 from darling_jax.errors import InputError
 from darling_jax.rl import LossAggMode, PolicyLossConfig, clipped_policy_loss, loss_normalizer
 
-_spec = importlib.util.spec_from_file_location(
-    "darling_numpy_reference", pathlib.Path(__file__).resolve().parent / "numpy_reference.py")
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import testing_support.numpy_rl_reference as ref
 
 loss_jit = jax.jit(clipped_policy_loss, static_argnames="config")
 MODES = [m.value for m in LossAggMode]
