@@ -10,7 +10,7 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -83,18 +83,18 @@ def abstract_decoder(cfg: DecoderConfig, param_dtype, dtype) -> Decoder:
   return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype))
 
 
-def build_sharded(
-    cfg: DecoderConfig,
-    sources: dict[tuple[str, ...], Callable[[tuple[slice, ...]], np.ndarray]],
-    *,
-    param_dtype,
-    dtype,
-    mesh: Mesh | None,
-    rules: LogicalRules,
-) -> Decoder:
-  """A Decoder whose every param is placed from `sources[path](index_block)` into its sharding."""
+Sources = dict[tuple[str, ...], Callable[[tuple[slice, ...]], np.ndarray]]
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)
+
+
+def place_module(abstract: ModuleT, sources: Sources, *, mesh: Mesh | None,
+                 rules: LogicalRules) -> ModuleT:
+  """`abstract` (from nnx.eval_shape) with every param placed from `sources[path](index_block)`.
+
+  Each param goes straight into the sharding its logical names get under `rules` on `mesh`.
+  """
   mesh = mesh or single_device_mesh()
-  graphdef, abs_state = nnx.split(abstract_decoder(cfg, param_dtype, dtype))
+  graphdef, abs_state = nnx.split(abstract)
   shardings = state_shardings(abs_state, mesh, rules)
   flat_shardings = flat_values(shardings)
 
@@ -103,6 +103,19 @@ def build_sharded(
     return var.replace(place_sliced(value.shape, value.dtype, flat_shardings[path], sources[path]))
 
   return nnx.merge(graphdef, map_variables(fill, abs_state))
+
+
+def build_sharded(
+    cfg: DecoderConfig,
+    sources: Sources,
+    *,
+    param_dtype,
+    dtype,
+    mesh: Mesh | None,
+    rules: LogicalRules,
+) -> Decoder:
+  """A Decoder whose every param is placed from `sources[path](index_block)` into its sharding."""
+  return place_module(abstract_decoder(cfg, param_dtype, dtype), sources, mesh=mesh, rules=rules)
 
 
 def _checked(st: SafetensorsFolder, name: str, expected: tuple[int, ...]) -> None:
@@ -127,10 +140,19 @@ def load_hf_decoder(
   prefix = "model." if "model.embed_tokens.weight" in st else ""
   if f"{prefix}embed_tokens.weight" not in st:
     raise InputError(folder, "checkpoint has no model.embed_tokens.weight: not a supported decoder")
+  sources = decoder_sources(st, cfg, prefix)
+  return build_sharded(cfg, sources, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules)
+
+
+def decoder_sources(st: SafetensorsFolder, cfg: DecoderConfig, prefix: str) -> Sources:
+  """{our param path: block reader} for a decoder stored under `prefix` ("model." or "").
+
+  Every tensor's shape is checked against `cfg` first (InputError naming the tensor).
+  """
   D, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_layers
-  ours = abstract_decoder(cfg, param_dtype, dtype)
+  ours = abstract_decoder(cfg, jnp.float32, jnp.float32)
   shapes = {p: v.shape for p, v in flat_values(nnx.split(ours)[1]).items()}
-  sources: dict[tuple[str, ...], Callable] = {}
+  sources: Sources = {}
 
   _checked(st, f"{prefix}embed_tokens.weight", (V, D))
   sources[("embed",)] = lambda idx: st[f"{prefix}embed_tokens.weight"][idx]
@@ -138,7 +160,7 @@ def load_hf_decoder(
   sources[("final_norm",)] = lambda idx: st[f"{prefix}norm.weight"][idx]
   if not cfg.tie_word_embeddings:
     if "lm_head.weight" not in st:
-      raise InputError(folder, "tie_word_embeddings is false but lm_head.weight is missing")
+      raise InputError(st.folder, "tie_word_embeddings is false but lm_head.weight is missing")
     _checked(st, "lm_head.weight", (V, D))
     sources[("lm_head",)] = lambda idx: st["lm_head.weight"][idx[::-1]].T
 
@@ -153,7 +175,7 @@ def load_hf_decoder(
       return np.stack([np.asarray(to_ours(st[names[i]])[idx[1:]]) for i in layers])
 
     sources[("layers", ours_name)] = stacked
-  return build_sharded(cfg, sources, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules)
+  return sources
 
 
 def _host(x: jax.Array) -> np.ndarray:

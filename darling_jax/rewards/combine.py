@@ -17,9 +17,17 @@ from darling_jax.errors import InputError
 from darling_jax.rewards.math_verify import MathVerifyReward, gsm8k_reward
 from darling_jax.rewards.protocol import QualityFn, check_batch, check_scores, function_name
 
+def _reward_model(**kwargs: Any) -> QualityFn:
+  # Imported on use: this package stays JAX-free for the verifier worker processes.
+  from darling_jax.rewards.reward_model_quality import RewardModelQuality
+
+  return RewardModelQuality.from_pretrained(**kwargs)
+
+
 BUILTINS: dict[str, Callable[..., QualityFn]] = {
     "math_verify": MathVerifyReward,  # MATH-style gold answers, boxed final answer (the paper's)
     "gsm8k": gsm8k_reward,  # GSM8K solutions ("#### 72"), lenient answer extraction
+    "reward_model": _reward_model,  # HF *ForSequenceClassification / Athene-RM folder: path=...
 }
 
 
