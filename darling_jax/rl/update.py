@@ -186,7 +186,8 @@ def make_update_step(
     updates, new_opt = optimizer.update(grads, opt_state, trainable)
     new_params = optax.apply_updates(trainable, updates)
     loss = sums["pg_loss"] + (sums["kl_loss"] * kl_cfg.beta if use_kl else 0.0)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    update_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     # A non-finite mini-batch leaves params and optimizer untouched; the loop then fails loudly
     # with the step number, and no checkpoint ever holds NaNs.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa
@@ -195,7 +196,7 @@ def make_update_step(
     metrics = {k: sums[k] / n_tok for k in ("pg_clipfrac", "pg_clipfrac_low", "pg_clipfrac_high",
                                             "pg_clipfrac_dual", "ppo_kl", "ratio_mean", "entropy")}
     metrics.update(pg_loss=sums["pg_loss"], ratio_max=sums["ratio_max"], loss=loss,
-                   grad_norm=grad_norm, update_norm=optax.global_norm(updates),
+                   grad_norm=grad_norm, update_norm=update_norm,
                    nonfinite=(~finite).astype(jnp.float32), response_tokens=sums["num_tokens"])
     if use_kl:
       metrics["kl"] = sums["kl_loss"]

@@ -1,0 +1,165 @@
+"""The typed configuration of a DARLING training run.
+
+Config files in configs/ define `get_config() -> TrainConfig`; the command line overrides any field
+with dotted `key=value` pairs (overrides.py). Every section validates itself in `__post_init__`, and
+`TrainConfig` checks what spans sections (batch divisibility, KL needs a reference, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib.util
+import os
+import pathlib
+
+from darling_jax.errors import InputError
+from darling_jax.rl.optimizer import OptimConfig
+from darling_jax.rl.update import UpdateConfig
+from darling_jax.sampling.config import SamplerConfig
+from darling_jax.sharding.mesh import MeshConfig
+
+_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  """The policy to post-train (and, when beta > 0, its frozen copy as the KL reference)."""
+
+  path: str = ""  # HF folder or .gguf; "smollm2" = the packaged SmolLM2-135M-Instruct GGUF
+  init_preset: str = ""  # when path is "": random init of this DecoderConfig preset ("tiny", ...)
+  tokenizer: str = ""  # tokenizer source for init_preset (HF folder, .gguf or "smollm2")
+  param_dtype: str = "float32"  # master weights and optimizer moments
+  dtype: str = "float32"  # activations; bfloat16 halves activation memory on accelerators
+  remat: bool = False  # recompute each layer in the backward pass (long responses)
+
+  def __post_init__(self):
+    if not self.path and not self.init_preset:
+      raise InputError("policy", "set policy.path (a checkpoint) or policy.init_preset")
+    if self.init_preset and not self.tokenizer:
+      raise InputError("policy.tokenizer", "a random init (init_preset) needs a tokenizer source")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise InputError(f"policy.{name}", f"must be one of {_DTYPES}, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where prompts come from and how many per step."""
+
+  dataset: str = "gsm8k"  # registry name (darling_jax.data.dataset_names()) or a .jsonl path
+  split: str = "train"
+  prompt_field: str = "prompt"  # for a .jsonl dataset: the field holding the prompt
+  answer_field: str = ""  # for a .jsonl dataset: gold answer field (math verification)
+  data_dir: str = ""  # local folder with the datasets; "" = DARLING_DATA_DIR or ../shared/data
+  batch_size: int = 8  # B: prompts per step, global (divided across hosts)
+  max_prompt_tokens: int = 256  # longer prompts are dropped and counted
+  eval_dataset: str = ""  # held-out prompts: registry name or .jsonl ("" = same as dataset)
+  eval_split: str = ""  # held-out split for periodic evaluation ("" = none)
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise InputError("data.batch_size", f"must be >= 1, got {self.batch_size}")
+    if self.max_prompt_tokens < 1:
+      raise InputError("data.max_prompt_tokens", f"must be >= 1, got {self.max_prompt_tokens}")
+
+
+class DiversitySource(enum.Enum):
+  CLASSIFIER = "classifier"  # the learned pair classifier (DARLING)
+  NGRAM = "ngram"  # lexical 4-gram uniqueness (the paper's ablation)
+  NONE = "none"  # no diversity: only valid with quality-only fusion (GRPO)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiversityConfig:
+  source: DiversitySource = DiversitySource.CLASSIFIER
+  classifier: str = ""  # a `darling-jax classifier train` output folder
+  symmetric: bool = False  # cross-encoder only: average both pair orders
+  measure_when_unused: bool = True  # GRPO runs still log classifier diversity (costs its time)
+  ngram: int = 4
+
+  def __post_init__(self):
+    try:
+      object.__setattr__(self, "source", DiversitySource(self.source))
+    except ValueError:
+      raise InputError("diversity.source", f"unknown value {self.source!r}; choose from "
+                       f"{[s.value for s in DiversitySource]}") from None
+    if self.source is DiversitySource.CLASSIFIER and not self.classifier:
+      raise InputError("diversity.classifier", "the classifier source needs a trained classifier "
+                       "folder (darling-jax classifier train --out DIR)")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+  # (builtin name, weight) pairs summed into q; names from darling_jax.rewards.BUILTINS
+  functions: tuple[tuple[str, float], ...] = (("gsm8k", 1.0),)
+  timeout_s: float = 5.0  # per-answer limit of the math verifier
+  reward_model: str = ""  # HF *ForSequenceClassification folder for the "reward_model" quality
+
+  def __post_init__(self):
+    if not self.functions:
+      raise InputError("quality.functions", "needs at least one name:weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  every: int = 0  # evaluate every N steps (0: never); also after the last step when > 0
+  num_prompts: int = 32  # held-out prompts per evaluation
+  num_samples: int = 8  # samples per prompt (pass@k for k = 1, 2, 4, ... <= num_samples)
+  temperature: float = 1.0
+  top_p: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole run. Defaults are the paper's where it states one (darling.md sections 1 and 5)."""
+
+  policy: PolicyConfig = PolicyConfig(path="smollm2")
+  data: DataConfig = DataConfig()
+  sampler: SamplerConfig = SamplerConfig(max_new_tokens=256, num_samples=8, temperature=1.0)
+  quality: QualityConfig = QualityConfig()
+  diversity: DiversityConfig = DiversityConfig(source=DiversitySource.NGRAM)
+  update: UpdateConfig = UpdateConfig()  # update.temperature is taken from sampler.temperature
+  optim: OptimConfig = OptimConfig()
+  mesh: MeshConfig = MeshConfig()
+  eval: EvalConfig = EvalConfig()
+  steps: int = 100  # training steps (each: B prompts x G rollouts, then mini_batches updates)
+  seed: int = 0  # everything random (init, data order, sampling) derives from it
+  workdir: str = "runs/default"  # metrics.jsonl, TensorBoard events, checkpoints/
+  checkpoint_every: int = 10  # steps; 0 = only at the end and on SIGTERM
+  keep_checkpoints: int = 2
+  log_every: int = 1  # steps between terminal/TensorBoard logs (metrics.jsonl gets every step)
+  max_nonfinite_steps: int = 0  # consecutive non-finite updates tolerated before stopping
+
+  def __post_init__(self):
+    if self.steps < 0:
+      raise InputError("steps", f"must be >= 0, got {self.steps}")
+    self.update.split(self.data.batch_size)  # raises naming the field if it does not divide
+    from darling_jax.rl.fusion import Fusion
+
+    if (self.diversity.source is DiversitySource.NONE
+        and self.update.reward.fusion.mode is not Fusion.QUALITY_ONLY):
+      raise InputError("diversity.source", "none needs update.reward.fusion.mode=quality_only")
+    if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+      raise InputError("checkpoint_every", "checkpoint_every >= 0 and keep_checkpoints >= 1")
+
+
+def load_config_file(path: str | os.PathLike, arg: str | None = None) -> TrainConfig:
+  """Runs configs/NAME.py's `get_config(arg)` (a config file is trusted user code)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise InputError(path, "config file not found")
+  spec = importlib.util.spec_from_file_location(f"darling_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except InputError:
+    raise
+  except Exception as e:
+    raise InputError(path, f"failed to import ({type(e).__name__}: {e})") from None
+  if not hasattr(module, "get_config"):
+    raise InputError(path, "defines no get_config()")
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  if not isinstance(config, TrainConfig):
+    raise InputError(path, f"get_config() returned {type(config).__name__}, not TrainConfig")
+  return config

@@ -1,0 +1,95 @@
+"""Per-step metrics to metrics.jsonl, TensorBoard event files and a terminal progress bar.
+
+Only process 0 writes. On resume the JSONL is cut back to the restored step and TensorBoard purges
+events after it, so a restarted run's logs read exactly like an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Mapping
+
+import jax
+
+# shown on the progress bar, in this order, when present
+_BAR_KEYS = ("quality", "diversity", "classes_per_group", "reward", "kl", "entropy", "step_s")
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str | pathlib.Path, total_steps: int, start_step: int = 0,
+               log_every: int = 1, progress: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.log_every = max(1, log_every)
+    self._tb = None
+    self._bar = None
+    if not self.enabled:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._truncate(start_step)
+    self._file = open(self.path, "a", encoding="utf-8")
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=start_step or None)
+    if progress:
+      from tqdm import tqdm
+
+      self._bar = tqdm(total=total_steps, initial=start_step, desc="darling", unit="step",
+                       file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+  def _truncate(self, start_step: int) -> None:
+    """Drops lines of steps >= start_step (written after the checkpoint we resume from)."""
+    if not self.path.exists():
+      return
+    kept = []
+    for line in self.path.read_text().splitlines():
+      try:
+        if json.loads(line).get("step", 0) < start_step:
+          kept.append(line)
+      except json.JSONDecodeError:
+        break  # a torn last line from a killed run
+    self.path.write_text("".join(k + "\n" for k in kept))
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: _jsonable(v) for k, v in metrics.items()}
+    self._file.write(json.dumps({"step": step, **clean}, sort_keys=True) + "\n")
+    self._file.flush()
+    if step % self.log_every == 0:
+      for k, v in clean.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+    if self._bar is not None:
+      self._bar.update(1)
+      self._bar.set_postfix({k: f"{clean[k]:.3g}" for k in _BAR_KEYS if k in clean})
+
+  def write_eval(self, step: int, prefix: str, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path.parent / "eval.jsonl", "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n")
+    for k, v in metrics.items():
+      v = _jsonable(v)
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._file.close()
+    self._tb.close()
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _jsonable(v: Any) -> Any:
+  if hasattr(v, "item"):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/inf; keep the fact visible
+  return v
