@@ -126,8 +126,11 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, split: str, *, shuffle
   global_b = batch_size or dc.batch_size
   if global_b % hosts:
     raise InputError("data.batch_size", f"{global_b} prompts do not split over {hosts} hosts")
-  pipe = PipelineConfig(batch_size=global_b // hosts, max_prompt_tokens=dc.max_prompt_tokens,
-                        seed=config.seed, shuffle=shuffle, num_epochs=num_epochs)
+  # Every host walks the same global stream and scores its own slice of each batch
+  # (rollout_stage), so the prompts of step t do not depend on how many hosts there are.
+  pipe = PipelineConfig(batch_size=global_b, max_prompt_tokens=dc.max_prompt_tokens,
+                        seed=config.seed, shuffle=shuffle, num_epochs=num_epochs,
+                        shard_index=0, shard_count=1)
   return prompt_iterator(source, tokenizer, pipe, template=spec.template), spec
 
 

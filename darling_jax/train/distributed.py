@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 
 def maybe_initialize() -> bool:
@@ -25,3 +26,30 @@ def maybe_initialize() -> bool:
     jax.distributed.initialize()  # TPU pods / SLURM / MPI: JAX reads the environment
     return True
   return False
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-host sharded) array as the full numpy value, on every process."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def local_rows(num_rows: int) -> slice:
+  """This process's contiguous share of `num_rows` groups (its prompts of the global batch)."""
+  n, p = jax.process_count(), jax.process_index()
+  if num_rows % n:
+    raise ValueError(f"{num_rows} rows do not split over {n} processes")
+  per = num_rows // n
+  return slice(p * per, (p + 1) * per)
+
+
+def allgather_rows(local: np.ndarray) -> np.ndarray:
+  """Concatenates every process's rows (in process order) on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))

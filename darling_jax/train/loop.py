@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from darling_jax.rl.lora import merge_lora
@@ -166,7 +165,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         metrics.update(data.metrics)
         metrics.update({f"time_{k}_s": v for k, v in timer.seconds.items()})
         metrics["step_s"] = step_s
-        n_tokens = float(np.asarray(data.batch.response_mask).sum())
+        n_tokens = metrics["response_tokens"]
         metrics["tokens_per_s"] = n_tokens / step_s
         writer.write(step, metrics)
         if metrics["nonfinite"] > 0:

@@ -20,6 +20,7 @@ from darling_jax.sampling import SamplerConfig, sample
 from darling_jax.sampling.text import completion_ids
 from darling_jax.train.components import DiversityScorer
 from darling_jax.train.config import DiversitySource, EvalConfig
+from darling_jax.train.distributed import to_host
 from darling_jax.train.rollout_stage import left_pad_batch
 
 
@@ -50,7 +51,7 @@ def run_eval(*, eval_set: EvalSet, graphdef, params, tokenizer, stop_ids, max_ne
                       top_p=config.top_p, stop_ids=stop_ids, num_samples=config.num_samples)
   rollouts = sample(graphdef, params, ids, mask, key, cfg, pad_id=tokenizer.pad_token_id,
                     mesh=mesh)
-  tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths)
+  tokens, lengths = to_host(rollouts.tokens), to_host(rollouts.lengths)
   B, G, _ = tokens.shape
   texts = [[tokenizer.decode(completion_ids(tokens[b, g], int(lengths[b, g]), stop_ids))
             for g in range(G)] for b in range(B)]

@@ -2,8 +2,9 @@
 
 Axis letters: B prompts, G rollouts per prompt, P prompt length, N response length.
 
-The device work (sampling, classifier, reference forward) is jitted; the host work (decoding text,
-verifiers, user quality functions) runs on this host's prompts only. Each stage is timed.
+The device work (sampling, classifier, reference forward) is jitted; the host work (verifiers,
+user quality functions, the classifier's tokenisation) runs on this host's groups only and is then
+all-gathered, so a group of G rollouts is always scored whole, on one host. Each stage is timed.
 """
 # pylint: disable=invalid-name
 
@@ -15,8 +16,8 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from darling_jax.rewards import score_groups
 from darling_jax.rl.state import UpdateBatch
@@ -24,6 +25,7 @@ from darling_jax.sampling import sample
 from darling_jax.sampling.text import completion_ids
 from darling_jax.train.components import DiversityScorer
 from darling_jax.train.config import DiversitySource
+from darling_jax.train.distributed import allgather_rows, local_rows, to_host
 
 
 class Timer:
@@ -79,26 +81,30 @@ def collect(
   with timer("rollout"):
     rollouts = sample(graphdef, sample_params, ids, mask, key, sampler_cfg,
                       pad_id=tokenizer.pad_token_id, mesh=mesh)
-    tokens = np.asarray(rollouts.tokens)
-    lengths = np.asarray(rollouts.lengths)
+    tokens = to_host(rollouts.tokens)
+    lengths = to_host(rollouts.lengths)
   B, G, N = tokens.shape
+  mine = local_rows(B)
   texts = [[tokenizer.decode(completion_ids(tokens[b, g], int(lengths[b, g]), stop_ids))
             for g in range(G)] for b in range(B)]
+  cols = {k: list(v)[mine] for k, v in prompt_batch.columns.items()}
   with timer("quality"):
-    quality = score_groups(quality_fn, prompt_batch.prompts, texts, prompt_batch.columns)
+    quality = allgather_rows(score_groups(quality_fn, list(prompt_batch.prompts)[mine],
+                                          texts[mine], cols))
   equiv = div = None
   if diversity is not None:
     with timer("classifier"):
       if diversity.source is DiversitySource.CLASSIFIER:
-        equiv = diversity.equivalence(texts)
+        equiv = allgather_rows(diversity.equivalence(texts[mine]))
       else:
-        div = diversity.lexical(texts)
+        div = allgather_rows(diversity.lexical(texts[mine]))
+  replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+  put = lambda x: None if x is None else jax.device_put(np.asarray(x), replicated)  # noqa: E731
   batch = UpdateBatch(
-      prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask),
+      prompt_ids=put(ids), prompt_mask=put(mask),
       response_ids=rollouts.tokens, response_mask=rollouts.mask,
-      old_logprobs=rollouts.logprobs, quality=jnp.asarray(quality),
-      equiv_probs=None if equiv is None else jnp.asarray(equiv),
-      diversity=None if div is None else jnp.asarray(div))
+      old_logprobs=rollouts.logprobs, quality=put(quality), equiv_probs=put(equiv),
+      diversity=put(div))
   if ref_logprobs_fn is not None:
     with timer("reference"):
       batch = batch.replace(ref_logprobs=ref_logprobs_fn(batch))

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from testing_support.checkpoints import restore_state_leaves
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TIMING = ("step_s", "tokens_per_s")
@@ -50,14 +51,6 @@ def _wait_for_step(proc, workdir, step, timeout=600):
   raise AssertionError("timed out waiting for the run")
 
 
-def _final_params(workdir, step=4):
-  import orbax.checkpoint as ocp
-
-  restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-  import jax
-
-  return jax.tree.leaves(restored)
-
 
 def test_sigterm_and_kill9_resume_exactly(tmp_path):
   ref = tmp_path / "ref"
@@ -82,7 +75,7 @@ def test_sigterm_and_kill9_resume_exactly(tmp_path):
   got, want = _metrics(run), _metrics(ref)
   assert [r["step"] for r in got] == [0, 1, 2, 3]
   assert got == want  # every logged number, step for step (timings excluded)
-  for a, b in zip(_final_params(run), _final_params(ref)):
+  for a, b in zip(restore_state_leaves(run, 4), restore_state_leaves(ref, 4)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (run / "tensorboard").is_dir() and (run / "config.json").exists()
 
@@ -99,6 +92,6 @@ def test_nonfinite_update_is_never_checkpointed(tmp_path):
   saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
   assert all(s <= bad_step for s in saved)  # the failing update (step bad_step + 1) never saved
   for s in saved:
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in _final_params(work, step=s))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in restore_state_leaves(work, s))
   metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == bad_step and metrics[-1]["nonfinite"] == 1.0
