@@ -32,6 +32,7 @@ class PolicyConfig:
   param_dtype: str = "float32"  # master weights and optimizer moments
   dtype: str = "float32"  # activations; bfloat16 halves activation memory on accelerators
   remat: bool = False  # recompute each layer in the backward pass (long responses)
+  architecture: str = ""  # DecoderConfig preset of the checkpoint (lets `plan` work without it)
 
   def __post_init__(self):
     if not self.path and not self.init_preset:
@@ -77,6 +78,7 @@ class DiversityConfig:
   symmetric: bool = False  # cross-encoder only: average both pair orders
   measure_when_unused: bool = True  # GRPO runs still log classifier diversity (costs its time)
   ngram: int = 4
+  classifier_params: int = 0  # for `plan` when the classifier folder is not on this machine
 
   def __post_init__(self):
     try:

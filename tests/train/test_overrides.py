@@ -9,6 +9,7 @@ from darling_jax.rl.fusion import Fusion
 from darling_jax.train.config import TrainConfig, load_config_file
 from darling_jax.train.overrides import apply_overrides, to_dict
 
+SMOKE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.py"
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.py"))
 
 
@@ -20,7 +21,7 @@ def test_every_config_file_loads_and_validates(path):
 
 
 def test_dotted_overrides_with_types():
-  base = load_config_file(CONFIGS[0])
+  base = load_config_file(SMOKE)
   c = apply_overrides(base, ["steps=7", "sampler.temperature=0.7",
                              "update.reward.fusion.mode=quality_only", "optim.learning_rate=2e-5",
                              "mesh.data=-1", "quality.functions=gsm8k:0.5,math_verify:0.5",
@@ -44,7 +45,7 @@ def test_dotted_overrides_with_types():
     ("noequals", "key=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):
-  base = load_config_file(CONFIGS[0])
+  base = load_config_file(SMOKE)
   with pytest.raises(InputError, match=message):
     apply_overrides(base, [override])
 
@@ -59,7 +60,7 @@ def test_bad_config_file(tmp_path):
 
 
 def test_related_overrides_are_validated_together():
-  base = load_config_file(CONFIGS[0])
+  base = load_config_file(SMOKE)
   # mini_batches=3 alone does not divide the batch, but together with batch_size=6 it does.
   c = apply_overrides(base, ["update.mini_batches=3", "data.batch_size=6"])
   assert (c.update.mini_batches, c.data.batch_size) == (3, 6)
