@@ -23,6 +23,7 @@ def get_config() -> TrainConfig:
   return TrainConfig(
       policy=PolicyConfig(path="demo-policy"),
       data=DataConfig(dataset="demo", prompt_field="prompt", answer_field="request",
+                      prompt_template="plain",
                       batch_size=8, max_prompt_tokens=96),
       sampler=SamplerConfig(max_new_tokens=24, num_samples=8),  # G = 8 as in the paper
       quality=QualityConfig(functions=(("darling_jax.demo.task.activity_quality", 1.0),)),

@@ -121,6 +121,11 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, split: str, *, shuffle
                                                 answer=dc.answer_field or None), split=split)
   else:
     spec = get_dataset(dataset)
+  if dc.prompt_template:
+    from darling_jax.data.registry import MATH_TEMPLATE, PLAIN_TEMPLATE
+
+    spec = dataclasses.replace(spec, template={"plain": PLAIN_TEMPLATE,
+                                               "math": MATH_TEMPLATE}[dc.prompt_template])
   source = load_split(spec, split, data_dir=dc.data_dir or None)
   hosts = jax.process_count()
   global_b = batch_size or dc.batch_size

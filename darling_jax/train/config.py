@@ -52,6 +52,8 @@ class DataConfig:
   split: str = "train"
   prompt_field: str = "prompt"  # for a .jsonl dataset: the field holding the prompt
   answer_field: str = ""  # for a .jsonl dataset: gold answer field (math verification)
+  prompt_template: str = ""  # "plain" (as is), "math" (+ the boxed-answer instruction), or ""
+                             # for the dataset's own (a .jsonl with an answer field: math)
   data_dir: str = ""  # local folder with the datasets; "" = DARLING_DATA_DIR or ../shared/data
   batch_size: int = 8  # B: prompts per step, global (divided across hosts)
   max_prompt_tokens: int = 256  # longer prompts are dropped and counted
@@ -63,6 +65,9 @@ class DataConfig:
       raise InputError("data.batch_size", f"must be >= 1, got {self.batch_size}")
     if self.max_prompt_tokens < 1:
       raise InputError("data.max_prompt_tokens", f"must be >= 1, got {self.max_prompt_tokens}")
+    if self.prompt_template not in ("", "plain", "math"):
+      raise InputError("data.prompt_template", f"must be plain, math or empty, got "
+                       f"{self.prompt_template!r}")
 
 
 class DiversitySource(enum.Enum):
@@ -110,6 +115,8 @@ class EvalConfig:
   num_samples: int = 8  # samples per prompt (pass@k for k = 1, 2, 4, ... <= num_samples)
   temperature: float = 1.0
   top_p: float = 1.0
+  at_start: bool = False  # also evaluate the starting policy (step 0)
+  save_samples: int = 0  # write this many prompts' samples per evaluation to eval_samples.jsonl
 
 
 @dataclasses.dataclass(frozen=True)

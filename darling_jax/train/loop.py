@@ -143,6 +143,22 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
   writer = MetricsWriter(workdir, config.steps, start, config.log_every, progress=progress)
   meta = {"config": to_dict(config)}
   metrics: dict[str, Any] = {}
+
+  def evaluate(done: int) -> None:
+    policy = state.params if frozen is None else merge(frozen, state.params)
+    summary, texts = run_eval(eval_set=eval_set, graphdef=graphdef, params=policy,
+                              tokenizer=tokenizer, stop_ids=stop_ids,
+                              max_new_tokens=config.sampler.max_new_tokens, config=config.eval,
+                              quality_fn=quality_fn, diversity=diversity,
+                              key=jax.random.fold_in(jax.random.PRNGKey(config.seed + 7), done),
+                              mesh=mesh)
+    writer.write_eval(done, "eval", summary)
+    if config.eval.save_samples:
+      writer.write_samples(done, eval_set.batch.prompts[:config.eval.save_samples],
+                           texts[:config.eval.save_samples])
+
+  if eval_set is not None and config.eval.at_start and start == 0:
+    evaluate(0)
   nonfinite_run = 0
   terminated = False
   try:
@@ -181,14 +197,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
           nonfinite_run = 0
         done = step + 1
         if eval_set is not None and (done % config.eval.every == 0 or done == config.steps):
-          policy = state.params if frozen is None else merge(frozen, state.params)
-          summary, _ = run_eval(eval_set=eval_set, graphdef=graphdef, params=policy,
-                                tokenizer=tokenizer, stop_ids=stop_ids,
-                                max_new_tokens=config.sampler.max_new_tokens, config=config.eval,
-                                quality_fn=quality_fn, diversity=diversity,
-                                key=jax.random.fold_in(jax.random.PRNGKey(config.seed + 7), done),
-                                mesh=mesh)
-          writer.write_eval(done, "eval", summary)
+          evaluate(done)
         due = config.checkpoint_every and done % config.checkpoint_every == 0
         if due or done == config.steps or sigterm.raised:
           if nonfinite_run == 0:

@@ -41,17 +41,22 @@ class MetricsWriter:
                        file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
   def _truncate(self, start_step: int) -> None:
-    """Drops lines of steps >= start_step (written after the checkpoint we resume from)."""
-    if not self.path.exists():
-      return
-    kept = []
-    for line in self.path.read_text().splitlines():
-      try:
-        if json.loads(line).get("step", 0) < start_step:
-          kept.append(line)
-      except json.JSONDecodeError:
-        break  # a torn last line from a killed run
-    self.path.write_text("".join(k + "\n" for k in kept))
+    """Drops lines the resumed run will write again: training steps >= start_step, and evaluations
+    after the restored checkpoint (all of them on a fresh start, which may evaluate step 0)."""
+    keep_eval = (lambda s: start_step > 0 and s <= start_step)
+    for path, keep in ((self.path, lambda s: s < start_step),
+                       (self.path.parent / "eval.jsonl", keep_eval),
+                       (self.path.parent / "eval_samples.jsonl", keep_eval)):
+      if not path.exists():
+        continue
+      kept = []
+      for line in path.read_text().splitlines():
+        try:
+          if keep(json.loads(line).get("step", 0)):
+            kept.append(line)
+        except json.JSONDecodeError:
+          break  # a torn last line from a killed run
+      path.write_text("".join(k + "\n" for k in kept))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -77,6 +82,13 @@ class MetricsWriter:
       v = _jsonable(v)
       if isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+  def write_samples(self, step: int, prompts, samples) -> None:
+    if not self.enabled:
+      return
+    with open(self.path.parent / "eval_samples.jsonl", "a", encoding="utf-8") as f:
+      for prompt, group in zip(prompts, samples):
+        f.write(json.dumps({"step": step, "prompt": prompt, "samples": list(group)}) + "\n")
 
   def close(self) -> None:
     if not self.enabled:
