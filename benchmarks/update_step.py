@@ -1,0 +1,132 @@
+"""MFU of the compiled DARLING update step, and its physical floor.
+
+  python benchmarks/update_step.py --shape qwen3-0.6b --batch 64 --seq 1024 --dtype bfloat16
+  python benchmarks/update_step.py --shape small --batch 16 --seq 256        # CPU
+
+FLOPs per step (forward + backward = 3 x forward), per sequence token:
+  6 * (non-embedding params)  +  12 * L * T * H * N / 2 (causal attention, q.k and p.v)
+  +  6 * D * V (LM head)
+Peak: --peak-tflops, or measured in the same run as a large matmul of the chosen dtype.
+MFU = FLOPs / step time / peak. Compile time is excluded (reported apart).
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from darling_jax.models.decoder_config import DecoderConfig, Family
+from darling_jax.models.decoder_init import init_decoder
+from darling_jax.rl.darling_reward import RewardConfig
+from darling_jax.rl.fusion import FusionConfig
+from darling_jax.rl.state import TrainState, UpdateBatch
+from darling_jax.rl.update import UpdateConfig, make_update_step
+
+SHAPES = {
+    "qwen3-0.6b": DecoderConfig.qwen3_0p6b,
+    "small": lambda: DecoderConfig(family=Family.QWEN3, vocab_size=8192, hidden_size=256,
+                                   intermediate_size=768, num_layers=4, num_heads=4,
+                                   num_kv_heads=2, head_dim=64, qk_norm=True,
+                                   tie_word_embeddings=True),
+}
+
+
+def step_flops(cfg: DecoderConfig, sequences: int, seq: int) -> float:
+  d, f, L, v, h, n, k = (cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size,
+                         cfg.head_dim, cfg.num_heads, cfg.num_kv_heads)
+  non_embed = L * (d * h * (2 * n + 2 * k) + 3 * d * f)
+  tokens = sequences * seq
+  attn = 12 * L * seq * h * n / 2  # per token, causal half
+  return tokens * (6 * non_embed + attn + 6 * d * v)
+
+
+def measured_peak_tflops(dtype, size: int) -> float:
+  a = jnp.ones((size, size), dtype)
+  mm = jax.jit(lambda x, y: x @ y)
+  mm(a, a).block_until_ready()
+  reps = 5
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = mm(a, a)
+  out.block_until_ready()
+  return 2 * size**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+  p.add_argument("--batch", type=int, default=16, help="sequences per step (B * G)")
+  p.add_argument("--seq", type=int, default=256, help="tokens per sequence (prompt + response)")
+  p.add_argument("--prompt", type=int, default=0, help="prompt part of --seq (default seq/4)")
+  p.add_argument("--group", type=int, default=8, help="G: sequences per prompt")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--micro", type=int, default=0, help="prompts per micro-batch (0: all)")
+  p.add_argument("--remat", action="store_true")
+  p.add_argument("--peak-tflops", type=float, default=0.0)
+  p.add_argument("--repeats", type=int, default=3)
+  args = p.parse_args()
+
+  cfg = SHAPES[args.shape]()
+  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  model = init_decoder(cfg, 0, param_dtype=jnp.float32, dtype=dt, remat=args.remat)
+  graphdef, params = nnx.split(model)
+  G = args.group
+  B = args.batch // G
+  P = args.prompt or args.seq // 4
+  N = args.seq - P
+  rng = np.random.default_rng(0)
+  batch = UpdateBatch(
+      prompt_ids=jnp.asarray(rng.integers(0, cfg.vocab_size, (B, P)), jnp.int32),
+      prompt_mask=jnp.ones((B, P), bool),
+      response_ids=jnp.asarray(rng.integers(0, cfg.vocab_size, (B, G, N)), jnp.int32),
+      response_mask=jnp.ones((B, G, N), bool),
+      old_logprobs=jnp.full((B, G, N), -5.0), quality=jnp.asarray(rng.integers(0, 2, (B, G)),
+                                                                  jnp.float32),
+      equiv_probs=jnp.asarray(rng.uniform(size=(B, G, G)), jnp.float32))
+  tx = optax.adamw(1e-6, weight_decay=0.01)
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                     rng=jax.random.PRNGKey(0))
+  update = jax.jit(make_update_step(graphdef, tx, UpdateConfig(
+      micro_batch_prompts=args.micro, reward=RewardConfig(fusion=FusionConfig()))),
+      donate_argnums=0)
+  t = time.perf_counter()
+  state, m = update(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t
+  times = []
+  for _ in range(args.repeats):
+    t = time.perf_counter()
+    state, m = update(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  step_s = min(times)
+  flops = step_flops(cfg, B * G, args.seq)
+  peak = args.peak_tflops or measured_peak_tflops(dt, 4096 if jax.devices()[0].platform != "cpu"
+                                                  else 1024)
+  result = {
+      "date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,
+      "platform": jax.devices()[0].platform, "host": platform.processor() or platform.machine(),
+      "shape": args.shape, "params": cfg.num_params, "sequences": B * G, "seq": args.seq,
+      "dtype": args.dtype, "remat": args.remat, "compile_s": round(compile_s, 1),
+      "step_s": round(step_s, 4), "tflop_per_step": round(flops / 1e12, 3),
+      "achieved_tflops": round(flops / step_s / 1e12, 3), "peak_tflops": round(peak, 3),
+      "mfu": round(flops / step_s / 1e12 / peak, 4),
+  }
+  print(json.dumps(result))
+  print(f"| {result['date']} | {result['device']} | {args.shape} | {args.dtype} | {B * G} x "
+        f"{args.seq} | {step_s:.3f} s | {result['achieved_tflops']} | {result['peak_tflops']} | "
+        f"{100 * result['mfu']:.1f}% |")
+
+
+if __name__ == "__main__":
+  main()

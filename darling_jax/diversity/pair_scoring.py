@@ -1,0 +1,227 @@
+"""Equivalence probabilities for every pair of every group, from one jitted call.
+
+`PairScorer(classifier, tokenizer)(groups)` takes B groups of G answer strings and returns
+probs_BxGxG with probs[b, i, j] = P(y_bi ~ y_bj): symmetric, diagonal 1. On the host the answers are
+tokenised in one batch (`pair_batches.build_rows`), the short-answer rule settles the pairs it
+covers, and the remaining rows are padded to bucketed shapes. The device then runs one jitted
+function: the encoder over the rows in micro-batches (`lax.map`, so memory stays bounded however
+many groups arrive), the mode's scoring, and the scatter back into [B, G, G]:
+
+  cross: p(i, j) = softmax(z(i, j))[1]; symmetric: p_ij = (p(i, j) + p(j, i)) / 2.
+  bi:    window embeddings pooled per answer into [B, G, D] (mean and first window) and token bags
+         into [B, G, V]; then p_ij = softmax(head(phi_ij))[1] for all G x G pairs at once from
+         Gram matrices (exactly symmetric; see classifier.py for phi).
+  both:  p_ij = 1[rule says equivalent] where the short rule applies; p_ii = 1.
+
+Axis letters: B groups, G answers per group, P rows, M micro-batches, R rows per micro-batch,
+L length, D width.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float
+
+from darling_jax.diversity.classifier import PairClassifier, PairMode, similarity_features
+from darling_jax.diversity.pair_batches import PairRows, build_rows, geometric_buckets
+from darling_jax.errors import InputError
+from darling_jax.models.encoders import EncoderTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringShapes:
+  """Static-shape policy: rows per micro-batch and the buckets rows/lengths are padded to."""
+
+  micro_batch: int = 64  # rows per encoder call inside lax.map (CPU: 32-64; GPU: 512+)
+  min_rows: int = 64  # smallest padded row count; buckets double from here
+  max_rows_bucket: int = 65536  # past this, the row count rounds up to multiples of it
+  min_length: int = 16  # smallest padded row length; buckets double up to the longest row
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      if getattr(self, f.name) < 1:
+        raise InputError(f"scoring.{f.name}", f"must be >= 1, got {getattr(self, f.name)}")
+
+
+def _micro(x: Array, micro_batch: int) -> Array:
+  """[P, ...] -> [P / R, R, ...] for lax.map over micro-batches of R rows."""
+  return x.reshape(x.shape[0] // micro_batch, micro_batch, *x.shape[1:])
+
+
+def device_rows(rows: PairRows) -> dict[str, Array]:
+  """The PairRows arrays as a dict of device arrays (one explicit host -> device transfer)."""
+  return {f.name: jnp.asarray(getattr(rows, f.name)) for f in dataclasses.fields(rows)}
+
+
+def bi_args(rows: dict[str, Array]) -> tuple[Array, ...]:
+  """The row arrays bi_group_reprs reads, in its argument order."""
+  return tuple(rows[k] for k in ("input_ids_PxL", "attention_mask_PxL", "group_P", "first_P",
+                                 "second_P", "valid_P", "bag_ids_AxT", "bag_mask_AxT",
+                                 "bag_group_A", "bag_answer_A"))
+
+
+def cross_row_logits(clf: PairClassifier, input_ids_PxL: Array, mask_PxL: Array,
+                     types_PxL: Array, micro_batch: int) -> Float[Array, "P 2"]:
+  """Cross-encoder logits of every pair row, `micro_batch` rows per encoder call."""
+  rows = tuple(_micro(x, micro_batch) for x in (input_ids_PxL, mask_PxL, types_PxL))
+  logits_MxRx2 = jax.lax.map(lambda r: clf.cross_logits(*r), rows)
+  return logits_MxRx2.reshape(input_ids_PxL.shape[0], 2)
+
+
+def bi_group_reprs(clf: PairClassifier, input_ids_PxL: Array, mask_PxL: Array, group_P: Array,
+                   answer_P: Array, window_P: Array, valid_P: Array, bag_ids_AxT: Array,
+                   bag_mask_AxT: Array, bag_group_A: Array, bag_answer_A: Array,
+                   num_groups: int, group_size: int, micro_batch: int
+                   ) -> tuple[Array, Array, Array]:
+  """Per-answer (mean_BxGxD, first_BxGxD, bag_BxGxV): encode answer windows and pool them."""
+  B, G = num_groups, group_size
+  P, L = input_ids_PxL.shape
+  rows = (_micro(input_ids_PxL, micro_batch), _micro(mask_PxL, micro_batch))
+  emb_MxRxD = jax.lax.map(lambda r: clf.embed(r[0], r[1], None), rows)
+  emb_PxD = emb_MxRxD.reshape(P, -1) * valid_P[:, None].astype(jnp.float32)
+  D = emb_PxD.shape[-1]
+  # Windows of one answer are summed (mean direction); the head's cosines renormalise.
+  mean_BxGxD = jnp.zeros((B, G, D), jnp.float32).at[group_P, answer_P].add(emb_PxD)
+  first_PxD = emb_PxD * (window_P == 0)[:, None].astype(jnp.float32)
+  first_BxGxD = jnp.zeros((B, G, D), jnp.float32).at[group_P, answer_P].add(first_PxD)
+  V = clf.encoder.config.vocab_size
+  bag_BxGxV = jnp.zeros((B, G, V), jnp.float32).at[
+      bag_group_A[:, None], bag_answer_A[:, None], bag_ids_AxT].max(
+          bag_mask_AxT.astype(jnp.float32))
+  return mean_BxGxD, first_BxGxD, bag_BxGxV
+
+
+def bi_group_logits(clf: PairClassifier, *rows_and_shape) -> Float[Array, "B G G 2"]:
+  """Bi-encoder logits for all G x G pairs (arguments as bi_group_reprs)."""
+  return clf.bi_logits(*bi_group_reprs(clf, *rows_and_shape))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "micro_batch", "num_groups",
+                                             "group_size"))
+def _bi_features(graphdef, state, rows: dict[str, Array], *, micro_batch: int, num_groups: int,
+                 group_size: int):
+  clf: PairClassifier = nnx.merge(graphdef, state)
+  reprs = bi_group_reprs(clf, *bi_args(rows), num_groups, group_size, micro_batch)
+  return similarity_features(*reprs, clf.head.idf_V[...])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "micro_batch", "num_groups",
+                                             "group_size"))
+def _score_rows(graphdef, state, rows: dict[str, Array], *, mode: PairMode, micro_batch: int,
+                num_groups: int, group_size: int):
+  clf: PairClassifier = nnx.merge(graphdef, state)
+  B, G = num_groups, group_size
+  group_P, first_P, second_P = rows["group_P"], rows["first_P"], rows["second_P"]
+  match mode:
+    case PairMode.CROSS:
+      logits_Px2 = cross_row_logits(clf, rows["input_ids_PxL"], rows["attention_mask_PxL"],
+                                    rows["token_type_ids_PxL"], micro_batch)
+      p_P = jax.nn.softmax(logits_Px2, axis=-1)[:, 1]
+      w_P = rows["valid_P"].astype(jnp.float32)
+      sums_BxGxG = jnp.zeros((B, G, G), jnp.float32).at[group_P, first_P, second_P].add(p_P * w_P)
+      cnt_BxGxG = jnp.zeros((B, G, G), jnp.float32).at[group_P, first_P, second_P].add(w_P)
+      # Fold (j, i) onto (i, j): with both orders scored this is their mean; with one, a mirror.
+      sums_BxGxG = sums_BxGxG + sums_BxGxG.transpose(0, 2, 1)
+      cnt_BxGxG = cnt_BxGxG + cnt_BxGxG.transpose(0, 2, 1)
+      probs_BxGxG = sums_BxGxG / jnp.maximum(cnt_BxGxG, 1.0)
+    case PairMode.BI:
+      logits_BxGxGx2 = bi_group_logits(clf, *bi_args(rows), B, G, micro_batch)
+      probs_BxGxG = jax.nn.softmax(logits_BxGxGx2, axis=-1)[..., 1]
+      # The features are symmetric in exact arithmetic; average away float rounding differences.
+      probs_BxGxG = 0.5 * (probs_BxGxG + probs_BxGxG.transpose(0, 2, 1))
+  probs_BxGxG = jnp.where(rows["rule_applies_BxGxG"],
+                          rows["rule_equivalent_BxGxG"].astype(jnp.float32), probs_BxGxG)
+  eye_1xGxG = jnp.eye(G, dtype=bool)[None]
+  return jnp.where(eye_1xGxG, 1.0, probs_BxGxG)
+
+
+class PairScorer:
+  """Scores all pairs of groups of answers with a PairClassifier (see module docstring)."""
+
+  def __init__(self, classifier: PairClassifier, tokenizer: EncoderTokenizer,
+               shapes: ScoringShapes = ScoringShapes()):
+    self.classifier = classifier
+    self.tokenizer = tokenizer
+    self.shapes = shapes
+    self.graphdef, self.state = nnx.split(classifier)
+
+  @classmethod
+  def load(cls, folder, shapes: ScoringShapes = ScoringShapes()) -> "PairScorer":
+    """A scorer for a classifier folder written by `darling-jax classifier train`."""
+    from darling_jax.diversity.classifier_io import load_classifier
+
+    clf, tok, _ = load_classifier(folder)
+    return cls(clf, tok, shapes)
+
+  def rows(self, groups: Sequence[Sequence[str]], *, symmetric: bool | None = None,
+           bucketed: bool = True) -> PairRows:
+    """The host-side rows for `groups` (exposed for tests and benchmarks)."""
+    c, s = self.classifier.config, self.shapes
+    symmetric = c.symmetric if symmetric is None else symmetric
+    cross = c.mode == PairMode.CROSS
+    longest = (2 * c.max_tokens + 3) if cross else (c.max_tokens + 2)
+    return build_rows(
+        groups, self.tokenizer, cross=cross, max_tokens=c.max_tokens, symmetric=symmetric,
+        short_rule_words=c.short_rule_words,
+        row_buckets=geometric_buckets(s.min_rows, s.max_rows_bucket) if bucketed else (1,),
+        length_buckets=geometric_buckets(min(s.min_length, longest), longest) if bucketed else (1,),
+        row_multiple=s.micro_batch, windows=c.windows, bag_tokens=c.bag_tokens,
+    )
+
+  def score_rows(self, rows: PairRows) -> Float[Array, "B G G"]:
+    """The jitted device call on prepared rows."""
+    B, G, _ = rows.rule_applies_BxGxG.shape
+    probs = _score_rows(self.graphdef, self.state, device_rows(rows),
+                        mode=self.classifier.config.mode, micro_batch=self.shapes.micro_batch,
+                        num_groups=B, group_size=G)
+    chex.assert_shape(probs, (B, G, G))
+    return probs
+
+  def __call__(self, groups: Sequence[Sequence[str]], *, symmetric: bool | None = None,
+               bucketed: bool = True) -> Float[Array, "B G G"]:
+    """probs_BxGxG for B groups of G answers (the prompt is not part of the input)."""
+    return self.score_rows(self.rows(groups, symmetric=symmetric, bucketed=bucketed))
+
+  def score_pairs(self, first: Sequence[str], second: Sequence[str], *,
+                  batch_groups: int = 1024) -> np.ndarray:
+    """P(similar) of N independent (a, b) pairs, as groups of two, `batch_groups` per call."""
+    if len(first) != len(second):
+      raise InputError("pairs", f"{len(first)} first answers but {len(second)} second answers")
+    out = []
+    for s in range(0, len(first), batch_groups):
+      groups = [[a, b] for a, b in zip(first[s:s + batch_groups], second[s:s + batch_groups])]
+      n = len(groups)
+      if len(first) > batch_groups:
+        # Pad the tail to the same group count, so it reuses the compiled shape. Empty answers are
+        # settled by the short rule (when on) and add no encoder rows.
+        groups += [["", ""]] * (batch_groups - n)
+      out.append(np.asarray(self(groups))[:n, 0, 1])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+  def features(self, groups: Sequence[Sequence[str]]) -> Float[Array, "B G G K"]:
+    """Bi mode: the head's similarity features phi for all pairs (no short rule applied)."""
+    if self.classifier.config.mode != PairMode.BI:
+      raise InputError("features", "similarity features exist in bi mode only")
+    c, s = self.classifier.config, self.shapes
+    # Every pair must reach the model here: no short-rule bypass.
+    rows = build_rows(
+        groups, self.tokenizer, cross=False, max_tokens=c.max_tokens, symmetric=False,
+        short_rule_words=None, row_buckets=geometric_buckets(s.min_rows, s.max_rows_bucket),
+        length_buckets=geometric_buckets(min(s.min_length, c.max_tokens + 2), c.max_tokens + 2),
+        row_multiple=s.micro_batch, windows=c.windows, bag_tokens=c.bag_tokens)
+    B, G, _ = rows.rule_applies_BxGxG.shape
+    return _bi_features(self.graphdef, self.state, device_rows(rows), micro_batch=s.micro_batch,
+                        num_groups=B, group_size=G)
+
+  def equivalent(self, groups: Sequence[Sequence[str]]) -> jax.Array:
+    """The equivalence graph: probs > tau (bool [B, G, G], reflexive and symmetric)."""
+    return self(groups) > self.classifier.config.threshold

@@ -1,0 +1,1 @@
+"""The DARLING training loop: configs, rollouts, checkpoints, metrics, multi-host, `plan`."""
