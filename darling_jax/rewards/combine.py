@@ -17,11 +17,14 @@ from darling_jax.errors import InputError
 from darling_jax.rewards.math_verify import MathVerifyReward, gsm8k_reward
 from darling_jax.rewards.protocol import QualityFn, check_batch, check_scores, function_name
 
-def _reward_model(**kwargs: Any) -> QualityFn:
+def _reward_model(path: str | None = None, **kwargs: Any) -> QualityFn:
+  if not path:
+    raise InputError("reward_model", "needs path=<HF *ForSequenceClassification folder> "
+                     "(config: quality.reward_model)")
   # Imported on use: this package stays JAX-free for the verifier worker processes.
   from darling_jax.rewards.reward_model_quality import RewardModelQuality
 
-  return RewardModelQuality.from_pretrained(**kwargs)
+  return RewardModelQuality.from_pretrained(path, **kwargs)
 
 
 BUILTINS: dict[str, Callable[..., QualityFn]] = {
@@ -29,6 +32,8 @@ BUILTINS: dict[str, Callable[..., QualityFn]] = {
     "gsm8k": gsm8k_reward,  # GSM8K solutions ("#### 72"), lenient answer extraction
     "reward_model": _reward_model,  # HF *ForSequenceClassification / Athene-RM folder: path=...
 }
+# The verifiers among BUILTINS: text in, 0/1 out through the deadline pool (fuzzed together).
+VERIFIERS = ("gsm8k", "math_verify")
 
 
 class WeightedSum:

@@ -68,13 +68,15 @@ def test_close_is_forwarded():
 
 
 def test_builtins_by_name():
-  assert set(BUILTINS) >= {"math_verify", "gsm8k"}
-  for name in BUILTINS:
+  assert set(BUILTINS) >= {"math_verify", "gsm8k", "reward_model"}
+  for name in ("math_verify", "gsm8k"):
     fn = builtin(name, timeout_s=3.0)  # constructing starts no process
     assert isinstance(fn, QualityFn) and name in fn.name
     fn.close()
+  with pytest.raises(InputError, match="reward_model: needs path"):
+    builtin("reward_model")
   assert builtin("gsm8k").config.gold_format is GoldFormat.GSM8K
-  with pytest.raises(InputError, match="built-ins: \\['gsm8k', 'math_verify'\\]"):
+  with pytest.raises(InputError, match="built-ins: \\['gsm8k', 'math_verify', 'reward_model'\\]"):
     builtin("math_verfy")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from darling_jax.rewards.combine import BUILTINS, builtin
+from darling_jax.rewards.combine import VERIFIERS, builtin
 
 TIMEOUT_S = 1.0
 BATCH_TIMEOUT_S = 4.0
@@ -93,7 +93,8 @@ def _corpus(name: str) -> list[tuple[list[str], list[list[str]]]]:
           for i in range(0, len(groups), B)]
 
 
-@pytest.fixture(scope="module", params=sorted(BUILTINS))
+# The neural reward model gets its adversarial inputs in test_reward_model_quality.py.
+@pytest.fixture(scope="module", params=sorted(VERIFIERS))
 def named_reward(request):
   reward = builtin(request.param, timeout_s=TIMEOUT_S, batch_timeout_s=BATCH_TIMEOUT_S,
                    num_workers=2)
