@@ -164,7 +164,6 @@ def device_name(device: str) -> str:
 def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu" if args.device == "cpu" else "cuda")
-  import jax
   import jax.numpy as jnp
   import numpy as np
 

@@ -14,7 +14,6 @@ MFU = FLOPs / step time / peak. Compile time is excluded (reported apart).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import time

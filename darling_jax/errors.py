@@ -16,3 +16,12 @@ class InputError(ValueError):
     self.where = None if where is None else str(where)
     self.problem = problem
     super().__init__(problem if where is None else f"{where}: {problem}")
+
+
+def parse_enum(enum_type: type, value, where: str):
+  """`enum_type(value)` (members or their string values), or an InputError listing the choices."""
+  try:
+    return enum_type(value)
+  except ValueError:
+    raise InputError(where, f"unknown value {value!r}; choose from "
+                     f"{[m.value for m in enum_type]}") from None

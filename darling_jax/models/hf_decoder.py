@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -21,7 +20,8 @@ from jax.sharding import Mesh
 from darling_jax.errors import InputError
 from darling_jax.models.decoder import Decoder
 from darling_jax.models.decoder_config import DecoderConfig
-from darling_jax.models.safetensors_io import SafetensorsFolder, place_sliced, save_safetensors
+from darling_jax.models.hf_folder import write_hf_folder
+from darling_jax.models.safetensors_io import SafetensorsFolder, place_sliced
 from darling_jax.models.state_tree import flat_values, map_variables
 from darling_jax.sharding.mesh import single_device_mesh
 from darling_jax.sharding.rules import DEFAULT_RULES, LogicalRules, state_shardings
@@ -201,27 +201,5 @@ def decoder_to_hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
 
 
 def export_hf(model: Decoder, folder: str | os.PathLike, tokenizer: Any = None) -> None:
-  """Writes a HF folder (config.json, safetensors, tokenizer) that transformers loads as-is.
-
-  Writes into a temporary sibling folder and renames it at the end, so an interrupted export never
-  leaves a half-written checkpoint under `folder`.
-  """
-  folder = pathlib.Path(folder)
-  tensors = decoder_to_hf_tensors(model)
-  if jax.process_index() != 0:
-    return
-  tmp = folder.with_name(folder.name + ".partial")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  cfg = model.config.to_hf()
-  cfg["torch_dtype"] = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(
-      next(iter(tensors.values())).dtype, "bfloat16")
-  (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-  save_safetensors(tensors, tmp)
-  if tokenizer is not None:
-    from darling_jax.tokenization.tokenizer import save_tokenizer
-
-    save_tokenizer(tokenizer, tmp)
-  if folder.exists():
-    shutil.rmtree(folder)
-  os.replace(tmp, folder)
+  """Writes a HF folder (config.json, safetensors, tokenizer) that transformers loads as-is."""
+  write_hf_folder(folder, model.config.to_hf(), decoder_to_hf_tensors(model), tokenizer)

@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Mapping
 
 import jax
@@ -40,8 +39,9 @@ from jaxtyping import Array, Float, Int
 from darling_jax.errors import InputError
 from darling_jax.models.decoder import Decoder
 from darling_jax.models.decoder_config import DecoderConfig, Family
+from darling_jax.models.hf_folder import write_hf_folder
 from darling_jax.models.hf_decoder import decoder_sources, decoder_to_hf_tensors, place_module
-from darling_jax.models.safetensors_io import SafetensorsFolder, save_safetensors
+from darling_jax.models.safetensors_io import SafetensorsFolder
 from darling_jax.sharding.rules import DEFAULT_RULES, LogicalRules
 
 
@@ -305,26 +305,5 @@ def reward_model_to_hf_tensors(model: RewardModel) -> dict[str, np.ndarray]:
 
 def export_reward_model(model: RewardModel, folder: str | os.PathLike,
                         tokenizer: Any = None) -> None:
-  """Writes a HF folder that transformers (or Athene's code) loads back as the same reward model.
-
-  Written into a sibling temporary folder and renamed at the end (no half-written checkpoints).
-  """
-  folder = pathlib.Path(folder)
-  tensors = reward_model_to_hf_tensors(model)
-  if jax.process_index() != 0:
-    return
-  tmp = folder.with_name(folder.name + ".partial")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  cfg = model.config.to_hf()
-  cfg["torch_dtype"] = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(
-      tensors["model.embed_tokens.weight"].dtype, "bfloat16")
-  (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-  save_safetensors(tensors, tmp)
-  if tokenizer is not None:
-    from darling_jax.tokenization.tokenizer import save_tokenizer
-
-    save_tokenizer(tokenizer, tmp)
-  if folder.exists():
-    shutil.rmtree(folder)
-  os.replace(tmp, folder)
+  """Writes a HF folder that transformers (or Athene's code) loads back as the same reward model."""
+  write_hf_folder(folder, model.config.to_hf(), reward_model_to_hf_tensors(model), tokenizer)

@@ -24,7 +24,7 @@ import chex
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from darling_jax.errors import InputError
+from darling_jax.errors import parse_enum
 
 
 class ScaleRewards(enum.Enum):
@@ -107,11 +107,7 @@ def group_advantages(
   Returns:
     float32 [B, G]; 0 at padding rollouts.
   """
-  try:
-    scale = ScaleRewards(scale)
-  except ValueError:
-    raise InputError("group_advantages: scale", f"unknown value {scale!r}; choose from "
-                     f"{[s.value for s in ScaleRewards]}") from None
+  scale = parse_enum(ScaleRewards, scale, "group_advantages: scale")
   chex.assert_rank(reward_BxG, 2)
   r_BxG = reward_BxG.astype(jnp.float32)
   adv_BxG = r_BxG - group_mean(r_BxG, valid)

@@ -28,7 +28,7 @@ from darling_jax.diversity.partition import (
     num_classes,
     union_find_classes,
 )
-from darling_jax.errors import InputError
+from darling_jax.errors import InputError, parse_enum
 from darling_jax.rl.advantages import ScaleRewards, group_advantages
 from darling_jax.rl.fusion import Fusion, FusionConfig, fuse
 
@@ -44,11 +44,8 @@ class RewardConfig:
   scale_eps: float = 1e-6  # added to the std when scale_rewards divides by it
 
   def __post_init__(self):
-    try:
-      object.__setattr__(self, "scale_rewards", ScaleRewards(self.scale_rewards))
-    except ValueError:
-      raise InputError("reward.scale_rewards", f"unknown value {self.scale_rewards!r}; choose "
-                       f"from {[s.value for s in ScaleRewards]}") from None
+    object.__setattr__(self, "scale_rewards", parse_enum(ScaleRewards, self.scale_rewards,
+                                                         "reward.scale_rewards"))
     if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0):
       raise InputError("reward.threshold", f"must be in [0, 1], got {self.threshold!r}")
     if not (isinstance(self.diversity_floor, (int, float)) and 0.0 <= self.diversity_floor <= 1.0):

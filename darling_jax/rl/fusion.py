@@ -33,7 +33,7 @@ import chex
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from darling_jax.errors import InputError
+from darling_jax.errors import InputError, parse_enum
 from darling_jax.rl.advantages import group_mean, group_min, group_std
 
 
@@ -56,11 +56,7 @@ class FusionConfig:
   shift_quality_by_group_min: bool = False
 
   def __post_init__(self):
-    try:
-      object.__setattr__(self, "mode", Fusion(self.mode))
-    except ValueError:
-      raise InputError("fusion.mode", f"unknown value {self.mode!r}; choose from "
-                       f"{[m.value for m in Fusion]}") from None
+    object.__setattr__(self, "mode", parse_enum(Fusion, self.mode, "fusion.mode"))
     for name in ("quality_weight", "diversity_weight"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -8,7 +8,7 @@ import math
 
 import optax
 
-from darling_jax.errors import InputError
+from darling_jax.errors import InputError, parse_enum
 
 
 class Schedule(enum.Enum):
@@ -33,11 +33,7 @@ class OptimConfig:
   end_lr_fraction: float = 0.1  # cosine ends at this fraction of the peak lr
 
   def __post_init__(self):
-    try:
-      object.__setattr__(self, "schedule", Schedule(self.schedule))
-    except ValueError:
-      raise InputError("optim.schedule", f"unknown value {self.schedule!r}; choose from "
-                       f"{[s.value for s in Schedule]}") from None
+    object.__setattr__(self, "schedule", parse_enum(Schedule, self.schedule, "optim.schedule"))
     for name in ("learning_rate", "weight_decay", "eps", "max_grad_norm", "end_lr_fraction"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from darling_jax.errors import InputError
+from darling_jax.errors import InputError, parse_enum
 
 
 class LossAggMode(enum.Enum):
@@ -55,11 +55,7 @@ class LossAggMode(enum.Enum):
 
 
 def _agg_mode(mode: LossAggMode | str, where: str) -> LossAggMode:
-  try:
-    return LossAggMode(mode)
-  except ValueError:
-    raise InputError(where, f"unknown value {mode!r}; choose from "
-                     f"{[m.value for m in LossAggMode]}") from None
+  return parse_enum(LossAggMode, mode, where)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ class MemoryEstimate:
     return self.kv_cache + self.activations + self.outputs
 
 
-def _shards(shape: tuple[int, ...], names: tuple[str | None, ...], mesh: Mesh | None,
+def shard_count(shape: tuple[int, ...], names: tuple[str | None, ...], mesh: Mesh | None,
             rules: LogicalRules) -> int:
   """Into how many pieces a tensor of `shape` with logical `names` is cut on `mesh`."""
   if mesh is None:
@@ -86,9 +86,9 @@ def estimate_bytes(
   decode = 4 * R * (4 * V + 2 * N * (P + S) + 3 * F + 4 * D)
   outputs = R * T * (4 + 4 + 1) + R * 4 * 4
   activations = max(prefill, decode)
-  batch_shards = _shards((R, V), ("batch", None), mesh, rules)
-  per_device = (prompt_cache // _shards(prompt_shape, CACHE_AXES, mesh, rules)
-                + decode_cache // _shards(decode_shape, CACHE_AXES, mesh, rules)
+  batch_shards = shard_count((R, V), ("batch", None), mesh, rules)
+  per_device = (prompt_cache // shard_count(prompt_shape, CACHE_AXES, mesh, rules)
+                + decode_cache // shard_count(decode_shape, CACHE_AXES, mesh, rules)
                 + (activations + outputs) // batch_shards)
   return MemoryEstimate(prompt_cache=prompt_cache, decode_cache=decode_cache,
                         activations=activations, outputs=outputs, per_device=per_device)

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import pathlib
 
-from darling_jax.errors import InputError
+from darling_jax.errors import InputError, parse_enum
 from darling_jax.rl.optimizer import OptimConfig
 from darling_jax.rl.update import UpdateConfig
 from darling_jax.sampling.config import SamplerConfig
@@ -86,11 +86,7 @@ class DiversityConfig:
   classifier_params: int = 0  # for `plan` when the classifier folder is not on this machine
 
   def __post_init__(self):
-    try:
-      object.__setattr__(self, "source", DiversitySource(self.source))
-    except ValueError:
-      raise InputError("diversity.source", f"unknown value {self.source!r}; choose from "
-                       f"{[s.value for s in DiversitySource]}") from None
+    object.__setattr__(self, "source", parse_enum(DiversitySource, self.source, "diversity.source"))
     if self.source is DiversitySource.CLASSIFIER and not self.classifier:
       raise InputError("diversity.classifier", "the classifier source needs a trained classifier "
                        "folder (darling-jax classifier train --out DIR)")

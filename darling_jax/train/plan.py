@@ -28,12 +28,12 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 
 from darling_jax.errors import InputError
 from darling_jax.models.decoder_config import DecoderConfig
-from darling_jax.sharding.mesh import AXES, MeshConfig
-from darling_jax.sharding.rules import CLASSIFIER_RULES, DEFAULT_RULES, SAMPLING_RULES
+from darling_jax.sampling.memory import shard_count
+from darling_jax.sharding.mesh import AXES
+from darling_jax.sharding.rules import DEFAULT_RULES, SAMPLING_RULES
 from darling_jax.train.config import DiversitySource, TrainConfig
 
 A_D, A_F = 15, 4
@@ -79,17 +79,6 @@ class Plan:
 
 def _gib(n: int) -> str:
   return f"{n / 2**30:.3f} GiB"
-
-
-def _pieces(shape, names, mesh: PlanMesh, rules) -> int:
-  from darling_jax.sharding.rules import logical_to_spec
-
-  spec = logical_to_spec(names, rules, mesh, shape)
-  out = 1
-  for axes in spec:
-    for ax in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
-      out *= mesh.shape[ax]
-  return out
 
 
 def policy_shapes(cfg: DecoderConfig) -> list[tuple[tuple[int, ...], tuple[str | None, ...]]]:
@@ -167,7 +156,7 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
   pb = _BYTES[config.policy.param_dtype]
   ab = _BYTES[config.policy.dtype]
   shapes = policy_shapes(cfg)
-  params = sum(math.prod(s) * pb // _pieces(s, n, mesh, DEFAULT_RULES) for s, n in shapes)
+  params = sum(math.prod(s) * pb // shard_count(s, n, mesh, DEFAULT_RULES) for s, n in shapes)
   lora = config.update.lora
   if lora.enabled:
     trainable = sum(4 * lora.rank * (s[0] * (s[1] + math.prod(s[2:])))

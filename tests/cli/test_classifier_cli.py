@@ -5,7 +5,6 @@ import json
 import pathlib
 
 import numpy as np
-import pytest
 
 from darling_jax.cli import main as cli
 

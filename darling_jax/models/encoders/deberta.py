@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any
 
 import chex
@@ -40,8 +39,7 @@ from jaxtyping import Array, Float, Int
 from darling_jax.errors import InputError
 from darling_jax.models.encoders.hf_encoder import (
     ACTIVATIONS, HfTensor, Layout, add_bias, check_fields, export_folder, hf_num_labels,
-    ParamMaker, layer_norm, load_params, masked_mean, read_config, split_known, with_head_fields)
-from darling_jax.models.safetensors_io import SafetensorsFolder
+    ParamMaker, layer_norm, masked_mean, split_known, with_head_fields, load_family)
 from darling_jax.sharding import CLASSIFIER_RULES, LogicalRules
 
 MODEL_TYPE = "deberta-v2"
@@ -366,18 +364,8 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
          rules: LogicalRules = CLASSIFIER_RULES) -> Model:
   """A Model from a HF folder (config.json + safetensors) of DebertaV2Model, DebertaV2ForMaskedLM or
   DebertaV2ForSequenceClassification; the head is loaded iff the folder has `classifier.weight`."""
-  folder = pathlib.Path(path)
-  cfg = Config.from_hf(read_config(folder), str(folder / "config.json"))
-  st = SafetensorsFolder(folder)
-  names = set(st)  # (SafetensorsFolder's `in` raises for absent names instead of returning False)
-  prefix = "deberta." if "deberta.embeddings.word_embeddings.weight" in names else ""
-  num_labels = st.shape_of("classifier.weight")[0] if "classifier.weight" in names else None
-  if cfg.num_labels and cfg.num_labels != num_labels:
-    raise InputError(folder, f"config.json declares {cfg.num_labels} labels, the checkpoint "
-                     f"{'has no classifier.weight' if not num_labels else f'has {num_labels}'}")
-  cfg = dataclasses.replace(cfg, num_labels=num_labels)
-  return load_params(lambda: Model(cfg, rngs=nnx.Rngs(0)), tensor_table(cfg), st, prefix, dtype,
-                     mesh, rules)
+  return load_family(path, Config, Model, tensor_table, "deberta.", "embeddings.word_embeddings.weight", dtype, mesh,
+                     rules)
 
 
 def export(model: Model, folder: str | os.PathLike) -> None:

@@ -27,7 +27,8 @@ from jax.sharding import Mesh
 from jaxtyping import Array
 
 from darling_jax.errors import InputError
-from darling_jax.models.safetensors_io import SafetensorsFolder, place, save_safetensors
+from darling_jax.models.hf_folder import write_hf_folder
+from darling_jax.models.safetensors_io import SafetensorsFolder, place
 from darling_jax.sharding import LogicalRules, single_device_mesh, state_shardings
 
 # transformers' ACT2FN names -> jax; "gelu" is the exact erf form, *_tanh/new/fast the tanh one.
@@ -273,7 +274,26 @@ def export_folder(model: nnx.Module, table: dict[str, HfTensor], prefix: str,
         tensors[key.format(i=spec.first_layer + j)] = to_hf(arr[j], spec.layout)
     else:
       tensors[key] = to_hf(arr, spec.layout)
+  write_hf_folder(folder, dict(hf_config, dtype=np.dtype(dtype).name), tensors)
+
+
+def load_family(folder: str | os.PathLike, config_cls: Any, model_cls: Any,
+                table_fn: Callable[[Any], dict[str, HfTensor]], base_prefix: str,
+                base_probe: str, dtype: Any, mesh: Mesh | None, rules: LogicalRules) -> nnx.Module:
+  """A *Model / *ForMaskedLM / *ForSequenceClassification HF folder of one encoder family; the
+  classification head is loaded iff the folder has `classifier.weight`.
+
+  `base_prefix` ("model.", "deberta.") prefixes the backbone's tensors in the head-carrying layouts;
+  `base_probe` is a backbone tensor name used to detect it.
+  """
   folder = pathlib.Path(folder)
-  save_safetensors(tensors, folder)
-  hf_config = dict(hf_config, dtype=np.dtype(dtype).name)
-  (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  cfg = config_cls.from_hf(read_config(folder), str(folder / "config.json"))
+  st = SafetensorsFolder(folder)
+  prefix = base_prefix if base_prefix + base_probe in st else ""
+  num_labels = st.shape_of("classifier.weight")[0] if "classifier.weight" in st else None
+  if cfg.num_labels and cfg.num_labels != num_labels:
+    raise InputError(folder, f"config.json declares {cfg.num_labels} labels, the checkpoint "
+                     f"{'has no classifier.weight' if not num_labels else f'has {num_labels}'}")
+  cfg = dataclasses.replace(cfg, num_labels=num_labels)
+  return load_params(lambda: model_cls(cfg, rngs=nnx.Rngs(0)), table_fn(cfg), st, prefix, dtype,
+                     mesh, rules)
