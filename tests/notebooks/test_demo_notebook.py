@@ -10,6 +10,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_notebook_runs(tmp_path):
+  from darling_jax.data.local_data import resolve_data_dir
+  from darling_jax.errors import InputError
+
+  try:
+    pairs = resolve_data_dir() / "noveltybench" / "classifier_pairs_train.jsonl"
+  except InputError as e:
+    pytest.skip(f"the default classifier's human-labelled pairs are not here: {e}")
+  if not pairs.exists():
+    pytest.skip(f"the default classifier's human-labelled pairs are missing: {pairs}")
   import nbformat
   from nbclient import NotebookClient
 
