@@ -45,9 +45,13 @@ def register(subparsers, verb: str) -> None:
   p.add_argument("--quality", default=None,
                  help="quality function name (darling_jax.rewards.BUILTINS); default: the "
                       "dataset's for math, none for novelty (u_i = 1)")
-  p.add_argument("--equivalence", default="exact", choices=("exact",),
-                 help="novelty pair scorer (exact: case/whitespace-insensitive equality)")
-  p.add_argument("--threshold", type=float, default=0.5, help="novelty equivalence threshold")
+  p.add_argument("--equivalence", default="exact", choices=("exact", "classifier"),
+                 help="novelty pair scorer: exact (case/whitespace-insensitive equality) or "
+                      "classifier (a learned pair classifier, see --classifier)")
+  p.add_argument("--classifier", default=None,
+                 help="classifier folder for --equivalence classifier, or 'default'")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="novelty equivalence threshold (default: the classifier's, 0.5 for exact)")
   p.add_argument("--patience", type=float, default=0.8, help="novelty utility patience")
   p.add_argument("--no-maj", dest="maj", action="store_false", help="skip maj@k")
   p.add_argument("--no-completions", dest="save_completions", action="store_false",

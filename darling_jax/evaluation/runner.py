@@ -47,6 +47,7 @@ class Equivalence(enum.Enum):
   """Novelty pair scorers the CLI can name."""
 
   EXACT = "exact"  # case- and whitespace-insensitive string equality (a classifier-free baseline)
+  CLASSIFIER = "classifier"  # a learned pair classifier (`classifier`: its folder, or "default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,10 @@ class EvalConfig:
     quality: quality function name (darling_jax.rewards.BUILTINS); None: the dataset's (math) or
       none (novelty: u_i = 1).
     equivalence: novelty pair scorer ("exact": case/whitespace-insensitive equality).
-    threshold: novelty equivalence threshold (pairs with p > threshold are equivalent).
+    classifier: with equivalence "classifier": a `darling-jax classifier train` folder, or
+      "default" (the project's default classifier, trained on first use).
+    threshold: novelty equivalence threshold (pairs with p > threshold are equivalent); None: the
+      classifier's calibrated threshold, 0.5 for "exact".
     patience: novelty utility patience p.
     maj: compute maj@k for math.
     save_completions: keep every completion in results.jsonl (N per problem: large at N = 256).
@@ -101,7 +105,8 @@ class EvalConfig:
   extra_fields: tuple[str, ...] = ()
   quality: str | None = None
   equivalence: Equivalence | str = Equivalence.EXACT
-  threshold: float = 0.5
+  classifier: str | None = None
+  threshold: float | None = None
   patience: float = 0.8
   maj: bool = True
   save_completions: bool = True
@@ -238,13 +243,27 @@ def _novelty(config, examples, prompts, columns, completions):
   from darling_jax.evaluation.novelty import evaluate_novelty, exact_match_equivalence
   from darling_jax.rewards import builtin
 
+  threshold = config.threshold
   match config.equivalence:
     case Equivalence.EXACT:
       equivalence = exact_match_equivalence
+      threshold = 0.5 if threshold is None else threshold
+    case Equivalence.CLASSIFIER:
+      if not config.classifier:
+        raise InputError("--classifier", "the classifier equivalence needs a classifier folder "
+                         "(or 'default')")
+      from darling_jax.diversity.classifier_io import load_classifier
+      from darling_jax.diversity.pair_scoring import PairScorer
+      from darling_jax.train.components import resolve_classifier
+
+      clf, tok, _ = load_classifier(resolve_classifier(config.classifier))
+      scorer = PairScorer(clf, tok)
+      equivalence = lambda _prompts, gens: scorer(gens)  # noqa: E731
+      threshold = float(clf.config.threshold) if threshold is None else threshold
   quality = builtin(config.quality) if config.quality else None
   try:
     result = evaluate_novelty(prompts, completions, equivalence=equivalence,
-                              threshold=config.threshold, quality=quality, columns=columns,
+                              threshold=threshold, quality=quality, columns=columns,
                               patience=config.patience)
   finally:
     close = getattr(quality, "close", None)

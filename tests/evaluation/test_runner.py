@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from darling_jax.data.rows import FieldMapping, read_jsonl
@@ -119,3 +120,41 @@ def test_config_errors(tmp_path):
     EvalConfig(model="m", dataset=str(data)).dataset_spec()
   assert EvalConfig(model="m", dataset=str(data), prompt_field="q").dataset_spec().mapping == \
       FieldMapping(prompt="q")
+
+
+@needs_shared
+def test_novelty_with_a_learned_classifier(tmp_path):
+  """--equivalence classifier: the runner's classes are the greedy partition of the classifier's
+  probabilities at its calibrated threshold."""
+  import importlib.util
+
+  from darling_jax.diversity import greedy_classes
+  from darling_jax.diversity.classifier import PairMode
+  from darling_jax.diversity.classifier_io import save_classifier
+  from darling_jax.diversity.pair_scoring import PairScorer
+
+  spec = importlib.util.spec_from_file_location(
+      "tiny_classifier", pathlib.Path(__file__).resolve().parents[1] / "diversity/tiny_classifier.py")
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  clf = tiny.classifier(PairMode.BI, threshold=0.5)
+  tok_folder = tiny.write_encoder_folder(tmp_path / "enc")
+  folder = save_classifier(clf, tok_folder, tmp_path / "clf", {})
+  rows, _ = read_jsonl(SHARED / "noveltybench/curated.jsonl",
+                       get_dataset("noveltybench_curated").mapping)
+  groups = [["w1 w2 w3 w4 w5 w6", "w1 w2 w3 w4 w5 w7", "w50 w51 w52 w53 w54 w55", "w1 w2 w3 w4 w5 w6"],
+            ["w10 w11 w12 w13 w14 w15", "w60 w61 w62 w63 w64 w65", "w70 w71 w72 w73 w74 w75",
+             "w10 w11 w12 w13 w14 w15"]]
+  script = {rows[0].prompt: groups[0], rows[1].prompt: groups[1]}
+  config = EvalConfig(model="unused", dataset="noveltybench_curated", limit=2, num_samples=4,
+                      output_dir=str(tmp_path / "out"), data_dir=str(SHARED),
+                      cache_dir=str(tmp_path / "cache"), equivalence="classifier",
+                      classifier=str(folder))
+  summary = run_eval(config, generate=scripted_generate(script), model=object(),
+                     tokenizer=WordTokenizer())
+  probs = np.asarray(PairScorer(clf, tiny.tokenizer())(groups))
+  want = np.asarray(greedy_classes(np.asarray(probs) > 0.5))
+  records = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+  assert [r["classes"] for r in records] == want.tolist()
+  assert summary["equivalence"] == "classifier" and summary["threshold"] == 0.5
+  assert records[0]["classes"][3] == 0  # identical answers always share a class
