@@ -219,7 +219,8 @@ def _train_all(clf: PairClassifier, tok: encoders.EncoderTokenizer, a: list[str]
         logits = cross_row_logits(clf, rows["input_ids_PxL"], rows["attention_mask_PxL"],
                                   rows["token_type_ids_PxL"], shapes.micro_batch)
         return weighted_ce(logits, y[rows["group_P"]], cw, rows["valid_P"])
-      logits = bi_group_logits(clf, *bi_args(rows), num_groups, 2, shapes.micro_batch)[:, 0, 1]
+      logits = bi_group_logits(clf, *bi_args(rows), num_groups, 2,
+                               micro_batch=shapes.micro_batch)[:, 0, 1]
       return weighted_ce(logits, y, cw)
 
     loss, grads = nnx.value_and_grad(loss_fn)(clf)

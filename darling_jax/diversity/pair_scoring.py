@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from darling_jax.diversity.classifier import PairClassifier, PairMode, similarity_features
@@ -52,14 +53,64 @@ class ScoringShapes:
         raise InputError(f"scoring.{f.name}", f"must be >= 1, got {getattr(self, f.name)}")
 
 
+ROWS_AXIS = "rows"  # the scorer's own 1-D mesh axis: pair rows are split across it
+
+
+def scoring_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over this host's devices (default: all local ones) for PairScorer.
+
+  Local devices only: in a multi-host run each host scores the groups it sampled, so the scorer
+  never needs cross-host traffic.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (ROWS_AXIS,))
+
+
 def _micro(x: Array, micro_batch: int) -> Array:
   """[P, ...] -> [P / R, R, ...] for lax.map over micro-batches of R rows."""
   return x.reshape(x.shape[0] // micro_batch, micro_batch, *x.shape[1:])
 
 
-def device_rows(rows: PairRows) -> dict[str, Array]:
-  """The PairRows arrays as a dict of device arrays (one explicit host -> device transfer)."""
-  return {f.name: jnp.asarray(getattr(rows, f.name)) for f in dataclasses.fields(rows)}
+def map_rows(apply: Callable[..., Array], arrays: Sequence[Array], micro_batch: int) -> Array:
+  """apply(*[R, ...] arrays) -> [R, ...] over all P rows, `micro_batch` rows per call."""
+  out_MxR = jax.lax.map(lambda r: apply(*r), tuple(_micro(x, micro_batch) for x in arrays))
+  return out_MxR.reshape(arrays[0].shape[0], *out_MxR.shape[2:])
+
+
+def encode_rows(graphdef, state, apply: Callable[..., Array], arrays: Sequence[Array],
+                micro_batch: int, mesh: Mesh | None) -> Array:
+  """map_rows of apply(classifier, *rows); with a mesh, each device maps its own block of rows.
+
+  shard_map rather than sharding annotations: lax.map over a row axis split across devices would
+  otherwise be gathered to one device first. Weights enter replicated.
+  """
+  def local(state, *arrays):
+    clf = nnx.merge(graphdef, state)
+    return map_rows(lambda *r: apply(clf, *r), arrays, micro_batch)
+
+  if mesh is None:
+    return local(state, *arrays)
+  rows = PartitionSpec(ROWS_AXIS)
+  return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), *[rows] * len(arrays)),
+                       out_specs=rows)(state, *arrays)
+
+
+def device_rows(rows: PairRows, mesh: Mesh | None = None) -> dict[str, Array]:
+  """The PairRows arrays as device arrays (one explicit host -> device transfer).
+
+  With a mesh, the per-row arrays (*_P, *_PxL) are split over its rows axis and the rest
+  replicated.
+  """
+  out = {}
+  for f in dataclasses.fields(rows):
+    x = getattr(rows, f.name)
+    if mesh is None:
+      out[f.name] = jnp.asarray(x)
+    else:
+      per_row = f.name.endswith(("_P", "_PxL"))
+      spec = PartitionSpec(ROWS_AXIS) if per_row else PartitionSpec()
+      out[f.name] = jax.device_put(x, NamedSharding(mesh, spec))
+  return out
 
 
 def bi_args(rows: dict[str, Array]) -> tuple[Array, ...]:
@@ -69,62 +120,83 @@ def bi_args(rows: dict[str, Array]) -> tuple[Array, ...]:
                                  "bag_group_A", "bag_answer_A"))
 
 
+def _cross(clf: PairClassifier, ids: Array, mask: Array, types: Array) -> Array:
+  return clf.cross_logits(ids, mask, types)
+
+
+def _embed(clf: PairClassifier, ids: Array, mask: Array) -> Array:
+  return clf.embed(ids, mask, None)
+
+
 def cross_row_logits(clf: PairClassifier, input_ids_PxL: Array, mask_PxL: Array,
                      types_PxL: Array, micro_batch: int) -> Float[Array, "P 2"]:
   """Cross-encoder logits of every pair row, `micro_batch` rows per encoder call."""
-  rows = tuple(_micro(x, micro_batch) for x in (input_ids_PxL, mask_PxL, types_PxL))
-  logits_MxRx2 = jax.lax.map(lambda r: clf.cross_logits(*r), rows)
-  return logits_MxRx2.reshape(input_ids_PxL.shape[0], 2)
+  return map_rows(functools.partial(_cross, clf), (input_ids_PxL, mask_PxL, types_PxL),
+                  micro_batch)
 
 
-def bi_group_reprs(clf: PairClassifier, input_ids_PxL: Array, mask_PxL: Array, group_P: Array,
-                   answer_P: Array, window_P: Array, valid_P: Array, bag_ids_AxT: Array,
-                   bag_mask_AxT: Array, bag_group_A: Array, bag_answer_A: Array,
-                   num_groups: int, group_size: int, micro_batch: int
-                   ) -> tuple[Array, Array, Array]:
-  """Per-answer (mean_BxGxD, first_BxGxD, bag_BxGxV): encode answer windows and pool them."""
-  B, G = num_groups, group_size
-  P, L = input_ids_PxL.shape
-  rows = (_micro(input_ids_PxL, micro_batch), _micro(mask_PxL, micro_batch))
-  emb_MxRxD = jax.lax.map(lambda r: clf.embed(r[0], r[1], None), rows)
-  emb_PxD = emb_MxRxD.reshape(P, -1) * valid_P[:, None].astype(jnp.float32)
+def pool_answers(emb_PxD: Array, group_P: Array, answer_P: Array, window_P: Array,
+                 valid_P: Array, bag_ids_AxT: Array, bag_mask_AxT: Array, bag_group_A: Array,
+                 bag_answer_A: Array, num_groups: int, group_size: int, vocab_size: int
+                 ) -> tuple[Array, Array, Array]:
+  """Window embeddings -> per-answer (mean_BxGxD, first_BxGxD, bag_BxGxV)."""
+  B, G, V = num_groups, group_size, vocab_size
+  emb_PxD = emb_PxD * valid_P[:, None].astype(jnp.float32)
   D = emb_PxD.shape[-1]
   # Windows of one answer are summed (mean direction); the head's cosines renormalise.
   mean_BxGxD = jnp.zeros((B, G, D), jnp.float32).at[group_P, answer_P].add(emb_PxD)
   first_PxD = emb_PxD * (window_P == 0)[:, None].astype(jnp.float32)
   first_BxGxD = jnp.zeros((B, G, D), jnp.float32).at[group_P, answer_P].add(first_PxD)
-  V = clf.encoder.config.vocab_size
   bag_BxGxV = jnp.zeros((B, G, V), jnp.float32).at[
       bag_group_A[:, None], bag_answer_A[:, None], bag_ids_AxT].max(
           bag_mask_AxT.astype(jnp.float32))
   return mean_BxGxD, first_BxGxD, bag_BxGxV
 
 
-def bi_group_logits(clf: PairClassifier, *rows_and_shape) -> Float[Array, "B G G 2"]:
+def bi_group_reprs(clf: PairClassifier, input_ids_PxL: Array, mask_PxL: Array, *pooling_args,
+                   micro_batch: int) -> tuple[Array, Array, Array]:
+  """Per-answer (mean_BxGxD, first_BxGxD, bag_BxGxV): encode answer windows and pool them.
+
+  pooling_args: pool_answers' arguments after emb_PxD, up to group_size.
+  """
+  emb_PxD = map_rows(functools.partial(_embed, clf), (input_ids_PxL, mask_PxL), micro_batch)
+  return pool_answers(emb_PxD, *pooling_args, clf.encoder.config.vocab_size)
+
+
+def bi_group_logits(clf: PairClassifier, *rows_and_shape, micro_batch: int
+                    ) -> Float[Array, "B G G 2"]:
   """Bi-encoder logits for all G x G pairs (arguments as bi_group_reprs)."""
-  return clf.bi_logits(*bi_group_reprs(clf, *rows_and_shape))
+  return clf.bi_logits(*bi_group_reprs(clf, *rows_and_shape, micro_batch=micro_batch))
+
+
+def _bi_reprs(graphdef, state, rows: dict[str, Array], num_groups: int, group_size: int,
+              micro_batch: int, mesh: Mesh | None) -> tuple[Array, Array, Array]:
+  args = bi_args(rows)
+  emb_PxD = encode_rows(graphdef, state, _embed, args[:2], micro_batch, mesh)
+  vocab = nnx.merge(graphdef, state).encoder.config.vocab_size
+  return pool_answers(emb_PxD, *args[2:], num_groups, group_size, vocab)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "micro_batch", "num_groups",
-                                             "group_size"))
+                                             "group_size", "mesh"))
 def _bi_features(graphdef, state, rows: dict[str, Array], *, micro_batch: int, num_groups: int,
-                 group_size: int):
-  clf: PairClassifier = nnx.merge(graphdef, state)
-  reprs = bi_group_reprs(clf, *bi_args(rows), num_groups, group_size, micro_batch)
-  return similarity_features(*reprs, clf.head.idf_V[...])
+                 group_size: int, mesh: Mesh | None = None):
+  reprs = _bi_reprs(graphdef, state, rows, num_groups, group_size, micro_batch, mesh)
+  return similarity_features(*reprs, nnx.merge(graphdef, state).head.idf_V[...])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "micro_batch", "num_groups",
-                                             "group_size"))
+                                             "group_size", "mesh"))
 def _score_rows(graphdef, state, rows: dict[str, Array], *, mode: PairMode, micro_batch: int,
-                num_groups: int, group_size: int):
+                num_groups: int, group_size: int, mesh: Mesh | None = None):
   clf: PairClassifier = nnx.merge(graphdef, state)
   B, G = num_groups, group_size
   group_P, first_P, second_P = rows["group_P"], rows["first_P"], rows["second_P"]
   match mode:
     case PairMode.CROSS:
-      logits_Px2 = cross_row_logits(clf, rows["input_ids_PxL"], rows["attention_mask_PxL"],
-                                    rows["token_type_ids_PxL"], micro_batch)
+      logits_Px2 = encode_rows(graphdef, state, _cross, (rows["input_ids_PxL"],
+                               rows["attention_mask_PxL"], rows["token_type_ids_PxL"]),
+                               micro_batch, mesh)
       p_P = jax.nn.softmax(logits_Px2, axis=-1)[:, 1]
       w_P = rows["valid_P"].astype(jnp.float32)
       sums_BxGxG = jnp.zeros((B, G, G), jnp.float32).at[group_P, first_P, second_P].add(p_P * w_P)
@@ -134,8 +206,8 @@ def _score_rows(graphdef, state, rows: dict[str, Array], *, mode: PairMode, micr
       cnt_BxGxG = cnt_BxGxG + cnt_BxGxG.transpose(0, 2, 1)
       probs_BxGxG = sums_BxGxG / jnp.maximum(cnt_BxGxG, 1.0)
     case PairMode.BI:
-      logits_BxGxGx2 = bi_group_logits(clf, *bi_args(rows), B, G, micro_batch)
-      probs_BxGxG = jax.nn.softmax(logits_BxGxGx2, axis=-1)[..., 1]
+      reprs = _bi_reprs(graphdef, state, rows, B, G, micro_batch, mesh)
+      probs_BxGxG = jax.nn.softmax(clf.bi_logits(*reprs), axis=-1)[..., 1]
       # The features are symmetric in exact arithmetic; average away float rounding differences.
       probs_BxGxG = 0.5 * (probs_BxGxG + probs_BxGxG.transpose(0, 2, 1))
   probs_BxGxG = jnp.where(rows["rule_applies_BxGxG"],
@@ -148,19 +220,33 @@ class PairScorer:
   """Scores all pairs of groups of answers with a PairClassifier (see module docstring)."""
 
   def __init__(self, classifier: PairClassifier, tokenizer: EncoderTokenizer,
-               shapes: ScoringShapes = ScoringShapes()):
+               shapes: ScoringShapes = ScoringShapes(), mesh: Mesh | None = None):
+    """mesh: None scores on the default device; a `scoring_mesh()` splits the rows across its
+    devices (weights replicated on each), which is what the trainer uses."""
     self.classifier = classifier
     self.tokenizer = tokenizer
     self.shapes = shapes
+    self.mesh = mesh
     self.graphdef, self.state = nnx.split(classifier)
+    if mesh is not None:
+      if mesh.axis_names != (ROWS_AXIS,):
+        raise InputError("scorer mesh", f"expected one axis {ROWS_AXIS!r} (see scoring_mesh), "
+                         f"got {mesh.axis_names}")
+      self.state = jax.device_put(self.state, NamedSharding(mesh, PartitionSpec()))
+
+  @property
+  def row_multiple(self) -> int:
+    """Padded row counts are multiples of this: whole micro-batches on every device."""
+    return self.shapes.micro_batch * (1 if self.mesh is None else self.mesh.size)
 
   @classmethod
-  def load(cls, folder, shapes: ScoringShapes = ScoringShapes()) -> "PairScorer":
+  def load(cls, folder, shapes: ScoringShapes = ScoringShapes(),
+           mesh: Mesh | None = None) -> "PairScorer":
     """A scorer for a classifier folder written by `darling-jax classifier train`."""
     from darling_jax.diversity.classifier_io import load_classifier
 
     clf, tok, _ = load_classifier(folder)
-    return cls(clf, tok, shapes)
+    return cls(clf, tok, shapes, mesh)
 
   def rows(self, groups: Sequence[Sequence[str]], *, symmetric: bool | None = None,
            bucketed: bool = True) -> PairRows:
@@ -174,15 +260,15 @@ class PairScorer:
         short_rule_words=c.short_rule_words,
         row_buckets=geometric_buckets(s.min_rows, s.max_rows_bucket) if bucketed else (1,),
         length_buckets=geometric_buckets(min(s.min_length, longest), longest) if bucketed else (1,),
-        row_multiple=s.micro_batch, windows=c.windows, bag_tokens=c.bag_tokens,
+        row_multiple=self.row_multiple, windows=c.windows, bag_tokens=c.bag_tokens,
     )
 
   def score_rows(self, rows: PairRows) -> Float[Array, "B G G"]:
     """The jitted device call on prepared rows."""
     B, G, _ = rows.rule_applies_BxGxG.shape
-    probs = _score_rows(self.graphdef, self.state, device_rows(rows),
+    probs = _score_rows(self.graphdef, self.state, device_rows(rows, self.mesh),
                         mode=self.classifier.config.mode, micro_batch=self.shapes.micro_batch,
-                        num_groups=B, group_size=G)
+                        num_groups=B, group_size=G, mesh=self.mesh)
     chex.assert_shape(probs, (B, G, G))
     return probs
 
@@ -217,10 +303,10 @@ class PairScorer:
         groups, self.tokenizer, cross=False, max_tokens=c.max_tokens, symmetric=False,
         short_rule_words=None, row_buckets=geometric_buckets(s.min_rows, s.max_rows_bucket),
         length_buckets=geometric_buckets(min(s.min_length, c.max_tokens + 2), c.max_tokens + 2),
-        row_multiple=s.micro_batch, windows=c.windows, bag_tokens=c.bag_tokens)
+        row_multiple=self.row_multiple, windows=c.windows, bag_tokens=c.bag_tokens)
     B, G, _ = rows.rule_applies_BxGxG.shape
-    return _bi_features(self.graphdef, self.state, device_rows(rows), micro_batch=s.micro_batch,
-                        num_groups=B, group_size=G)
+    return _bi_features(self.graphdef, self.state, device_rows(rows, self.mesh),
+                        micro_batch=s.micro_batch, num_groups=B, group_size=G, mesh=self.mesh)
 
   def equivalent(self, groups: Sequence[Sequence[str]]) -> jax.Array:
     """The equivalence graph: probs > tau (bool [B, G, G], reflexive and symmetric)."""

@@ -253,11 +253,11 @@ def _novelty(config, examples, prompts, columns, completions):
         raise InputError("--classifier", "the classifier equivalence needs a classifier folder "
                          "(or 'default')")
       from darling_jax.diversity.classifier_io import load_classifier
-      from darling_jax.diversity.pair_scoring import PairScorer
+      from darling_jax.diversity.pair_scoring import PairScorer, scoring_mesh
       from darling_jax.train.components import resolve_classifier
 
       clf, tok, _ = load_classifier(resolve_classifier(config.classifier))
-      scorer = PairScorer(clf, tok)
+      scorer = PairScorer(clf, tok, mesh=scoring_mesh())
       equivalence = lambda _prompts, gens: scorer(gens)  # noqa: E731
       threshold = float(clf.config.threshold) if threshold is None else threshold
   quality = builtin(config.quality) if config.quality else None

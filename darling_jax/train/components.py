@@ -206,10 +206,11 @@ def build_diversity(config: TrainConfig) -> DiversityScorer | None:
   if not uses and not dc.measure_when_unused:
     return None
   from darling_jax.diversity.classifier_io import load_classifier
-  from darling_jax.diversity.pair_scoring import PairScorer
+  from darling_jax.diversity.pair_scoring import PairScorer, scoring_mesh
 
   clf, tok, _ = load_classifier(resolve_classifier(dc.classifier))
-  return DiversityScorer(DiversitySource.CLASSIFIER, PairScorer(clf, tok),
+  # Each host scores its own groups with the pair rows split over its local devices.
+  return DiversityScorer(DiversitySource.CLASSIFIER, PairScorer(clf, tok, mesh=scoring_mesh()),
                          threshold=float(clf.config.threshold))
 
 

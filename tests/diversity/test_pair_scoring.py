@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from darling_jax.diversity.classifier import PairMode, similarity_features
-from darling_jax.diversity.pair_scoring import PairScorer, ScoringShapes
+from darling_jax.diversity.pair_scoring import PairScorer, ScoringShapes, scoring_mesh
 from darling_jax.errors import InputError
 
 _spec = importlib.util.spec_from_file_location(
@@ -165,3 +165,25 @@ def test_score_pairs_and_bad_input():
     scorer([["w1"]])
   with pytest.raises(InputError, match="must be a string"):
     scorer([["w1", 3]])
+
+
+@pytest.mark.parametrize("mode", list(PairMode))
+def test_rows_split_over_a_device_mesh_equal_one_device(mode):
+  assert jax.local_device_count() == 8  # tests/conftest.py forces 8 host devices
+  bi_extras = dict(windows=2, bag_tokens=14) if mode == PairMode.BI else {}
+  clf = tiny.classifier(mode, max_tokens=6, **bi_extras)
+  tok = tiny.tokenizer()
+  one = PairScorer(clf, tok, SHAPES)
+  mesh = scoring_mesh()
+  many = PairScorer(clf, tok, SHAPES, mesh=mesh)
+  groups = _groups(seed=5, B=3)
+  rows = many.rows(groups)
+  assert rows.input_ids_PxL.shape[0] % (8 * SHAPES.micro_batch) == 0  # whole micro-batches each
+  for leaf in jax.tree.leaves(many.state):
+    assert leaf.sharding.mesh == mesh and leaf.sharding.is_fully_replicated
+  np.testing.assert_allclose(np.asarray(many(groups)), np.asarray(one(groups)), atol=TOL)
+  if mode == PairMode.BI:
+    np.testing.assert_allclose(np.asarray(many.features(groups)),
+                               np.asarray(one.features(groups)), atol=TOL)
+  with pytest.raises(InputError, match="scorer mesh"):
+    PairScorer(clf, tok, SHAPES, mesh=jax.make_mesh((8,), ("data",)))
