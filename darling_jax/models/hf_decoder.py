@@ -6,7 +6,6 @@ safetensors files (`place_sliced`), never a full replica.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any, Callable, TypeVar
@@ -20,7 +19,7 @@ from jax.sharding import Mesh
 from darling_jax.errors import InputError
 from darling_jax.models.decoder import Decoder
 from darling_jax.models.decoder_config import DecoderConfig
-from darling_jax.models.hf_folder import write_hf_folder
+from darling_jax.models.hf_folder import read_config_json, write_hf_folder
 from darling_jax.models.safetensors_io import SafetensorsFolder, place_sliced
 from darling_jax.models.state_tree import flat_values, map_variables
 from darling_jax.sharding.mesh import single_device_mesh
@@ -69,14 +68,7 @@ def layer_tensor_map(cfg: DecoderConfig) -> dict[str, tuple[str, Convert, Conver
 
 
 def read_config(folder: pathlib.Path) -> DecoderConfig:
-  path = folder / "config.json"
-  if not path.exists():
-    raise InputError(folder, "no config.json: not a Hugging Face model folder")
-  try:
-    raw = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise InputError(path, f"is not valid JSON ({e})") from None
-  return DecoderConfig.from_hf(raw, source=str(path))
+  return DecoderConfig.from_hf(read_config_json(folder), source=str(folder / "config.json"))
 
 
 def abstract_decoder(cfg: DecoderConfig, param_dtype, dtype) -> Decoder:

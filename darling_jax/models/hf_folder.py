@@ -1,4 +1,4 @@
-"""Writing a Hugging Face model folder atomically: config.json + safetensors (+ tokenizer files).
+"""Hugging Face model folders: reading their config.json, writing the folder atomically.
 
 Everything is written into a sibling `<folder>.partial` and renamed at the end, so an interrupted
 export never leaves a half-written checkpoint under `folder`. Only process 0 writes.
@@ -15,9 +15,24 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from darling_jax.errors import InputError
 from darling_jax.models.safetensors_io import save_safetensors
 
 _TORCH_DTYPE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+
+
+def read_config_json(folder: str | os.PathLike) -> dict[str, Any]:
+  """The folder's config.json as a dict; InputError naming the file when absent or malformed."""
+  path = pathlib.Path(folder) / "config.json"
+  try:
+    raw = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise InputError(path, "file not found: not a Hugging Face model folder") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputError(path, f"not a readable JSON file ({e})") from None
+  if not isinstance(raw, dict):
+    raise InputError(path, "must hold a JSON object")
+  return raw
 
 
 def write_hf_folder(folder: str | os.PathLike, hf_config: Mapping[str, Any],

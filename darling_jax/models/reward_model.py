@@ -39,7 +39,7 @@ from jaxtyping import Array, Float, Int
 from darling_jax.errors import InputError
 from darling_jax.models.decoder import Decoder
 from darling_jax.models.decoder_config import DecoderConfig, Family
-from darling_jax.models.hf_folder import write_hf_folder
+from darling_jax.models.hf_folder import read_config_json, write_hf_folder
 from darling_jax.models.hf_decoder import decoder_sources, decoder_to_hf_tensors, place_module
 from darling_jax.models.safetensors_io import SafetensorsFolder
 from darling_jax.sharding.rules import DEFAULT_RULES, LogicalRules
@@ -250,12 +250,7 @@ def load_reward_model(
   """
   folder = pathlib.Path(folder)
   path = folder / "config.json"
-  if not path.exists():
-    raise InputError(folder, "no config.json: not a Hugging Face model folder")
-  try:
-    raw = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise InputError(path, f"is not valid JSON ({e})") from None
+  raw = read_config_json(folder)
   st = SafetensorsFolder(folder)
   heads = [h for h in HeadLayout if h.tensor in st]
   if not heads:

@@ -60,13 +60,9 @@ _TYPE_IDS_FAMILIES = {"bert", "deberta-v2"}
 
 
 def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
-  path = pathlib.Path(folder) / "config.json"
-  try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise InputError(path, "not found: an encoder folder needs a HF config.json") from None
-  except json.JSONDecodeError as e:
-    raise InputError(path, f"not valid JSON ({e})") from None
+  from darling_jax.models.hf_folder import read_config_json
+
+  return read_config_json(folder)
 
 
 def family(model_type: str) -> ModuleType:

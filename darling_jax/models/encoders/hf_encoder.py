@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array
 
 from darling_jax.errors import InputError
-from darling_jax.models.hf_folder import write_hf_folder
+from darling_jax.models.hf_folder import read_config_json, write_hf_folder
 from darling_jax.models.safetensors_io import SafetensorsFolder, place
 from darling_jax.sharding import LogicalRules, single_device_mesh, state_shardings
 
@@ -210,19 +210,6 @@ def masked_mean(h_BxLxD: Array, valid_BxL: Array) -> Array:
   return (total / jnp.maximum(w.sum(-1, keepdims=True), 1.0)).astype(h_BxLxD.dtype)
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-  path = pathlib.Path(folder) / "config.json"
-  try:
-    raw = json.loads(path.read_text())
-  except FileNotFoundError:
-    raise InputError(path, "file not found") from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise InputError(path, f"not a readable JSON file ({e})") from None
-  if not isinstance(raw, dict):
-    raise InputError(path, "must hold a JSON object")
-  return raw
-
-
 def load_params(
     make_model: Callable[[], nnx.Module],
     table: dict[str, HfTensor],
@@ -287,7 +274,7 @@ def load_family(folder: str | os.PathLike, config_cls: Any, model_cls: Any,
   `base_probe` is a backbone tensor name used to detect it.
   """
   folder = pathlib.Path(folder)
-  cfg = config_cls.from_hf(read_config(folder), str(folder / "config.json"))
+  cfg = config_cls.from_hf(read_config_json(folder), str(folder / "config.json"))
   st = SafetensorsFolder(folder)
   prefix = base_prefix if base_prefix + base_probe in st else ""
   num_labels = st.shape_of("classifier.weight")[0] if "classifier.weight" in st else None
