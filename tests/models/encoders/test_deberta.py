@@ -1,6 +1,5 @@
 """DeBERTa-v2/v3 parity with transformers (torch CPU) on tiny random checkpoints in tmp_path."""
 
-import json
 import pathlib
 
 import jax
@@ -11,9 +10,8 @@ from flax import nnx
 
 from darling_jax.errors import InputError
 from darling_jax.models.encoders import deberta as db
-from darling_jax.models.encoders.hf_encoder import hf_shape
-from darling_jax.models.safetensors_io import SafetensorsFolder, save_safetensors
 from darling_jax.sharding import DEFAULT_RULES, MeshConfig, make_mesh
+from testing_support.encoder_folders import edited_copy, table_shapes
 
 pytestmark = pytest.mark.torch
 
@@ -192,14 +190,7 @@ def test_published_config_maps_onto_every_transformers_tensor():
   cfg = db.Config.from_hf(DEBERTA_V3_LARGE)
   assert (cfg.num_labels, cfg.span, cfg.max_relative, cfg.pos_att_type) == (
       2, 256, 512, ("p2c", "c2p"))
-  abstract = nnx.eval_shape(lambda: db.Model(cfg, rngs=nnx.Rngs(0)))
-  ours = {}
-  for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
-    spec = db.tensor_table(cfg)[".".join(path)]
-    key, shape = ("deberta." if spec.in_base else "") + spec.key, var.get_value().shape
-    rows = range(spec.first_layer, spec.first_layer + shape[0]) if "{i}" in key else [None]
-    for i in rows:
-      ours[key.format(i=i)] = hf_shape(shape[1:] if i is not None else shape, spec.layout)
+  ours = table_shapes(db, cfg, "deberta.")
   hf = transformers.AutoConfig.for_model(**DEBERTA_V3_LARGE)
   with torch.device("meta"):  # shapes only, no 1.7 GB of weights
     ref = transformers.DebertaV2ForSequenceClassification(hf)
@@ -217,19 +208,6 @@ def test_sharded_load_matches_single_device(checkpoint):
   want, _ = _run(db.load(folder), jnp.asarray(ids), jnp.asarray(mask), None)
   got, _ = _run(sharded, jnp.asarray(ids), jnp.asarray(mask), None)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
-
-
-def _copy(folder: pathlib.Path, dest: pathlib.Path, config_edit=None, tensor_edit=None):
-  dest.mkdir()
-  cfg = json.loads((folder / "config.json").read_text())
-  if config_edit:
-    config_edit(cfg)
-  (dest / "config.json").write_text(json.dumps(cfg))
-  tensors = {k: np.array(v) for k, v in SafetensorsFolder(folder).items()}
-  if tensor_edit:
-    tensor_edit(tensors)
-  save_safetensors(tensors, dest)
-  return dest
 
 
 def test_bad_inputs_name_the_culprit(checkpoint, tmp_path):
@@ -255,7 +233,7 @@ def test_bad_inputs_name_the_culprit(checkpoint, tmp_path):
       "no classifier.weight": dict(tensor_edit=lambda t: t.pop("classifier.weight")),
   }
   for i, (culprit, edit) in enumerate(cases.items()):
-    bad = _copy(folder, tmp_path / f"bad{i}", **edit)
+    bad = edited_copy(folder, tmp_path / f"bad{i}", **edit)
     with pytest.raises(InputError, match=culprit.replace(".", r"\.")) as err:
       db.load(bad)
     # One clean error: no chained traceback from deep inside numpy/json.

@@ -1,7 +1,6 @@
 """ModernBERT parity with transformers (torch CPU) on tiny random checkpoints in tmp_path."""
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -12,9 +11,8 @@ from flax import nnx
 
 from darling_jax.errors import InputError
 from darling_jax.models.encoders import modernbert as mb
-from darling_jax.models.encoders.hf_encoder import hf_shape
-from darling_jax.models.safetensors_io import SafetensorsFolder, save_safetensors
 from darling_jax.sharding import DEFAULT_RULES, MeshConfig, make_mesh
+from testing_support.encoder_folders import edited_copy, table_shapes
 
 pytestmark = pytest.mark.torch
 
@@ -201,14 +199,7 @@ def test_published_config_maps_onto_every_transformers_tensor():
   assert cfg.num_labels == 2 and cfg.classifier_pooling == mb.Pooling.MEAN
   assert cfg.layer_types[:4] == ("full_attention", "sliding_attention", "sliding_attention",
                                  "full_attention")
-  abstract = nnx.eval_shape(lambda: mb.Model(cfg, rngs=nnx.Rngs(0)))
-  ours = {}
-  for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
-    spec = mb.tensor_table(cfg)[".".join(path)]
-    key, shape = ("model." if spec.in_base else "") + spec.key, var.get_value().shape
-    rows = range(spec.first_layer, spec.first_layer + shape[0]) if "{i}" in key else [None]
-    for i in rows:
-      ours[key.format(i=i)] = hf_shape(shape[1:] if i is not None else shape, spec.layout)
+  ours = table_shapes(mb, cfg, "model.")
   hf = transformers.AutoConfig.for_model(**MODERNBERT_BASE)
   with torch.device("meta"):  # shapes only, no 600 MB of weights
     ref = transformers.ModernBertForSequenceClassification(hf)
@@ -239,19 +230,6 @@ def test_bfloat16_load_is_close(checkpoint):
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.15, rtol=0.05)
 
 
-def _copy(folder: pathlib.Path, dest: pathlib.Path, config_edit=None, tensor_edit=None):
-  dest.mkdir()
-  cfg = json.loads((folder / "config.json").read_text())
-  if config_edit:
-    config_edit(cfg)
-  (dest / "config.json").write_text(json.dumps(cfg))
-  tensors = {k: np.array(v) for k, v in SafetensorsFolder(folder).items()}
-  if tensor_edit:
-    tensor_edit(tensors)
-  save_safetensors(tensors, dest)
-  return dest
-
-
 def test_bad_inputs_name_the_culprit(checkpoint, tmp_path):
   folder, _ = checkpoint("cls_nobias_window4")
   with pytest.raises(InputError, match="config.json: file not found"):
@@ -269,7 +247,7 @@ def test_bad_inputs_name_the_culprit(checkpoint, tmp_path):
       "model.final_norm.weight": dict(tensor_edit=lambda t: t.pop("model.final_norm.weight")),
   }
   for i, (culprit, edit) in enumerate(cases.items()):
-    bad = _copy(folder, tmp_path / f"bad{i}", **edit)
+    bad = edited_copy(folder, tmp_path / f"bad{i}", **edit)
     with pytest.raises(InputError, match=culprit.replace(".", r"\.")) as err:
       mb.load(bad)
     # One clean error: no chained traceback from deep inside numpy/json.
