@@ -5,7 +5,9 @@ probs_BxGxG with probs[b, i, j] = P(y_bi ~ y_bj): symmetric, diagonal 1. On the 
 tokenised in one batch (`pair_batches.build_rows`), the short-answer rule settles the pairs it
 covers, and the remaining rows are padded to bucketed shapes. The device then runs one jitted
 function: the encoder over the rows in micro-batches (`lax.map`, so memory stays bounded however
-many groups arrive), the mode's scoring, and the scatter back into [B, G, G]:
+many groups arrive), the mode's scoring, and the scatter back into [B, G, G]. Given a
+`scoring_mesh()`, the rows are split over its devices and each device maps its own block (the
+trainer does this on every host's local devices):
 
   cross: p(i, j) = softmax(z(i, j))[1]; symmetric: p_ij = (p(i, j) + p(j, i)) / 2.
   bi:    window embeddings pooled per answer into [B, G, D] (mean and first window) and token bags
