@@ -11,6 +11,7 @@ from darling_jax.errors import InputError
 from darling_jax.models.reward_model import (
     HeadLayout, Pooling, export_reward_model, load_reward_model)
 from darling_jax.models.safetensors_io import SafetensorsFolder, save_safetensors
+from testing_support.variant_cache import cached_by_variant
 
 pytestmark = pytest.mark.torch
 
@@ -45,14 +46,7 @@ def _write(folder: pathlib.Path, variant: str) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
-  cache = {}
-
-  def get(variant: str) -> pathlib.Path:
-    if variant not in cache:
-      cache[variant] = _write(tmp_path_factory.mktemp(variant), variant)
-    return cache[variant]
-
-  return get
+  return cached_by_variant(tmp_path_factory, _write)
 
 
 def _batch(side: str, seed: int = 0):

@@ -28,6 +28,21 @@ def edited_copy(folder: pathlib.Path, dest: pathlib.Path, config_edit=None,
   return dest
 
 
+def perturb_and_save(model, folder: pathlib.Path, norm_weight: str):
+  """Re-draws every weight of a transformers model, then saves it to folder; returns the model.
+
+  Init leaves norms at 1, biases at 0 and attention nearly uniform: random values make every path
+  count. Parameters whose name contains `norm_weight` are centred on 1.
+  """
+  import torch
+
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(torch.randn_like(p) * (0.3 if p.ndim > 1 else 0.2) + (norm_weight in name))
+  model.save_pretrained(folder)
+  return model
+
+
 def table_shapes(family: ModuleType, cfg: Any, base_prefix: str) -> dict[str, tuple[int, ...]]:
   """{HF tensor name: shape} that family.tensor_table maps our parameters onto (per layer)."""
   abstract = nnx.eval_shape(lambda: family.Model(cfg, rngs=nnx.Rngs(0)))

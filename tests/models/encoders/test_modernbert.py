@@ -12,7 +12,8 @@ from flax import nnx
 from darling_jax.errors import InputError
 from darling_jax.models.encoders import modernbert as mb
 from darling_jax.sharding import DEFAULT_RULES, MeshConfig, make_mesh
-from testing_support.encoder_folders import edited_copy, table_shapes
+from testing_support.encoder_folders import edited_copy, perturb_and_save, table_shapes
+from testing_support.variant_cache import cached_by_variant
 
 pytestmark = pytest.mark.torch
 
@@ -39,26 +40,13 @@ def _write(folder: pathlib.Path, variant: str, seed: int = 0):
   config = transformers.ModernBertConfig(**BASE, **kwargs, attn_implementation="eager")
   torch.manual_seed(seed)
   cls = transformers.ModernBertForSequenceClassification if head else transformers.ModernBertModel
-  model = cls(config).eval()
-  # Init leaves norms at 1, biases at 0 and attention nearly uniform: perturb so every path counts.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.copy_(torch.randn_like(p) * (0.3 if p.ndim > 1 else 0.2) + ("norm.weight" in name))
-  model.save_pretrained(folder)
-  return model
+  return perturb_and_save(cls(config).eval(), folder, norm_weight="norm.weight")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  cache = {}
-
-  def get(variant: str):
-    if variant not in cache:
-      folder = tmp_path_factory.mktemp(variant)
-      cache[variant] = (folder, _write(folder, variant))
-    return cache[variant]
-
-  return get
+  """get(variant) -> (folder, the transformers model written there)."""
+  return cached_by_variant(tmp_path_factory, lambda folder, v: (folder, _write(folder, v)))
 
 
 def _batch(seed: int = 0):
