@@ -214,19 +214,31 @@ class Decoder(nnx.Module):
       attention_mask: Int[Array, "B T"] | None = None,
       positions: Int[Array, "B T"] | None = None,
       inputs_embeds: Float[Array, "B T D"] | None = None,
+      segment_ids: Int[Array, "B T"] | None = None,
   ) -> Float[Array, "B T D"]:
     """Final-norm hidden states under a causal + padding mask (left or right padding).
 
     `inputs_embeds` replaces the token embedding lookup (as in HF), e.g. for gradient probes.
+    `segment_ids` packs several sequences into one row: token t attends to s <= t with the same
+    segment id; id 0 is padding (never attended). Packed rows need per-segment `positions`;
+    `attention_mask` is then ignored (segment id 0 is the padding).
     """
     cfg = self.config
     tokens = jnp.asarray(input_ids, jnp.int32)
-    mask = (jnp.ones_like(tokens, dtype=bool) if attention_mask is None
-            else jnp.asarray(attention_mask).astype(bool))
-    pos = positions_from_mask(mask) if positions is None else jnp.asarray(positions, jnp.int32)
     T = tokens.shape[1]
     causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-    mask_BxTxS = causal_TxT[None] & mask[:, None, :]
+    if segment_ids is not None:
+      if positions is None:
+        raise ValueError("packed rows (segment_ids) need per-segment positions")
+      seg = jnp.asarray(segment_ids, jnp.int32)
+      pos = jnp.asarray(positions, jnp.int32)
+      mask_BxTxS = (causal_TxT[None] & (seg[:, :, None] == seg[:, None, :])
+                    & (seg[:, None, :] > 0))
+    else:
+      mask = (jnp.ones_like(tokens, dtype=bool) if attention_mask is None
+              else jnp.asarray(attention_mask).astype(bool))
+      pos = positions_from_mask(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+      mask_BxTxS = causal_TxT[None] & mask[:, None, :]
     cos, sin = rope_angles(pos, self._inv_freq())
 
     def block(x, xs):
