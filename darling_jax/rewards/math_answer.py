@@ -19,7 +19,10 @@ and never evaluates anything (no eval/exec, no sympy):
 
 Extraction order (`AnswerSource.LENIENT`): the last `\\boxed{...}` / `\\fbox{...}` whose braces
 balance (nested braces and escaped `\\{ \\}` handled), else GSM8K's `#### 42`, else the last
-number in the text. `AnswerSource.BOXED` (the paper's math reward) uses the boxed answer only.
+number in the text. `AnswerSource.BOXED` uses the boxed answer only. `AnswerSource.WHOLE` extracts
+nothing here: the verifier hands the completion's last `MAX_SCAN_CHARS` characters to Math-Verify,
+as the authors' reward does (verl's `math_verify.compute_score`: gold `\\boxed{gold}` against the
+whole model output, LaTeX and expression extraction).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ MAX_ANSWER_NESTING = 12
 class AnswerSource(enum.Enum):
   """Where in a completion the final answer is looked for."""
 
-  BOXED = "boxed"  # last \boxed{} / \fbox{} only (DARLING math, section 1.1)
+  BOXED = "boxed"  # last \boxed{} / \fbox{} only (fast: in-process extraction)
   LENIENT = "lenient"  # boxed, else "#### x", else the last number
+  WHOLE = "whole"  # Math-Verify's own extraction over the whole completion (the reference's)
 
 
 # `\boxed` / `\fbox` not followed by another letter (so `\boxedx` is some other macro).
@@ -171,11 +175,12 @@ def extract_answer(text: str, source: AnswerSource = AnswerSource.LENIENT) -> st
   Args:
     text: untrusted model output (any length; only its tail is scanned).
     source: BOXED: the last balanced `\\boxed{}`/`\\fbox{}` only. LENIENT: that, else GSM8K's
-      `#### x`, else the last number.
+      `#### x`, else the last number. WHOLE: the last boxed answer too (a verifier's equality
+      fast path; the verdict itself comes from Math-Verify over the whole text).
   """
   answer = last_boxed(text)
   match source:
-    case AnswerSource.BOXED:
+    case AnswerSource.BOXED | AnswerSource.WHOLE:
       return answer
     case AnswerSource.LENIENT:
       if answer is None:

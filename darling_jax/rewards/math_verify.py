@@ -1,7 +1,10 @@
 """Math-Verify quality: q = 1 if the completion's final answer equals the gold answer, else 0.
 
-DARLING's math runs score each rollout with Math-Verify equality of its final `\\boxed{}` answer
-with the gold answer (section 1.1 of the method). Per completion:
+DARLING's math runs score each rollout with Math-Verify equality with the gold answer (section 1.1
+of the method); the authors' reward parses the whole completion (`AnswerSource.WHOLE`, the default:
+Math-Verify over the completion's last 32k characters in a `DeadlinePool` worker, an exact boxed
+plain-number match decided in-process). The boxed-only fast path (`AnswerSource.BOXED`), per
+completion:
 
   1. Extract the final answer in-process (`math_answer.extract_answer`: bounded, linear, no eval).
      No answer, or one nested deeper than `MAX_ANSWER_NESTING` (12; MATH's golds nest at most 3
@@ -69,8 +72,10 @@ class MathVerifyConfig:
   Attributes:
     answer_column: dataset column with the gold answer.
     gold_format: how to read the gold (see GoldFormat).
-    answer_source: where to find the completion's answer. BOXED is the paper's math reward;
-      LENIENT also accepts "#### x" and, failing both, the last number.
+    answer_source: where to find the completion's answer. WHOLE (default) is the reference's
+      reward: Math-Verify's own extraction over the completion's last 32k characters (an exact
+      boxed match with a plain-number gold is decided in-process). BOXED, the fast path, reads
+      the last `\\boxed{}` only; LENIENT also accepts "#### x" and, failing both, the last number.
     timeout_s: hard limit per verified answer, seconds. A typical MATH answer costs 15-30 ms of
       CPU, a first-of-its-kind one up to ~1 s on a loaded machine; 5 s is Math-Verify's own default.
     batch_timeout_s: hard limit per call (all B*G answers; a cold pool's first start-up excluded),
@@ -82,7 +87,7 @@ class MathVerifyConfig:
 
   answer_column: str = "answer"
   gold_format: GoldFormat = GoldFormat.ANSWER
-  answer_source: math_answer.AnswerSource = math_answer.AnswerSource.BOXED
+  answer_source: math_answer.AnswerSource = math_answer.AnswerSource.WHOLE
   timeout_s: float = 5.0
   batch_timeout_s: float | None = None
   num_workers: int | None = None
@@ -183,8 +188,10 @@ class MathVerifyReward:
     except TypeError as e:
       raise InputError("MathVerifyReward", str(e)) from None
     self.name = name or f"math_verify[{self.config.answer_column}]"
+    whole = self.config.answer_source is math_answer.AnswerSource.WHOLE
+    worker = "verify_whole" if whole else "verify_pair"
     self._pool = DeadlinePool(
-        f"{_WORKER_MODULE}:verify_pair", self.config.pool_config(), default=False)
+        f"{_WORKER_MODULE}:{worker}", self.config.pool_config(), default=False)
     self.last_stats = MapStats()
 
   def start(self) -> None:
@@ -213,6 +220,7 @@ class MathVerifyReward:
       raise InputError(f"{self.name}: columns",
                        f"no column {cfg.answer_column!r} (have {sorted(columns)})")
     gold_column = columns[cfg.answer_column]
+    whole = cfg.answer_source is math_answer.AnswerSource.WHOLE
     scores_BxG = np.zeros((b_size, g_size), np.float32)
     pending: dict[tuple[str, str], list[tuple[int, int]]] = {}
     missing = []
@@ -223,6 +231,14 @@ class MathVerifyReward:
         continue
       for g, text in enumerate(completions[b]):
         answer = math_answer.extract_answer(text, cfg.answer_source)
+        if whole:
+          # Math-Verify reads the whole text, so only an exact boxed match is certain here.
+          if answer is not None and fast_path(gold, answer) == 1.0:
+            scores_BxG[b, g] = 1.0
+          else:
+            tail = text[-math_answer.MAX_SCAN_CHARS:]
+            pending.setdefault((gold, tail), []).append((b, g))
+          continue
         if answer is None or math_answer.nesting_depth(answer) > math_answer.MAX_ANSWER_NESTING:
           continue
         fast = fast_path(gold, answer)

@@ -10,10 +10,12 @@ Any `RewardModel` (darling_jax.models.reward_model) works. One call scores all B
    {"role": "assistant", "content": completion}]` through the tokenizer's chat template with
    add_generation_prompt=False, as HF reward-model pipelines do. Without a template the text is
    `prompt + separator + completion`. A CLS-pooled model (Athene) gets its CLS id appended.
-   Tokens: `add_special_tokens` None means "as the reference pipeline does": False after a chat
-   template (`apply_chat_template(tokenize=True)` adds none), True without one (`tokenizer(text)`),
-   and True for Athene, whose published pipeline calls `tokenizer(template_text + cls_token)` (so
-   its BOS appears twice; we reproduce the pipeline, not what looks tidy).
+   Tokens: `add_special_tokens` None means "as the reference RL path does": False after a chat
+   template (`apply_chat_template(tokenize=True)` adds none; Llama-3's template writes its own
+   BOS, so there is exactly one), True without one (`tokenizer(text)`). Athene included: its model
+   card's pipeline tokenises `template_text + cls_token` with special tokens (a doubled BOS), but
+   the DARLING reference scores RL rollouts from the templated ids, with one BOS; set
+   `add_special_tokens=True` to reproduce the model card.
 2. Untrusted text. Completions (and prompts) are model/user text: never evaluated, and by default
    every special token string of the tokenizer (`<|eot_id|>`, `<|im_start|>`, a CLS, ...) is
    replaced by a space before rendering, so a completion cannot close its own turn, forge a new
@@ -181,8 +183,7 @@ class RewardModelQuality:
     self._template = tokenizer.chat_template or None
     self._vocab_size = rm_cfg.decoder.vocab_size
     add = config.add_special_tokens
-    self._add_special = (add if add is not None
-                         else self._cls_id is not None or self._template is None)
+    self._add_special = add if add is not None else self._template is None
     specials = _special_strings(tokenizer) if config.strip_special_tokens else ()
     self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
     self._special_prefixes = tuple({s[:2] for s in specials})

@@ -14,6 +14,7 @@ import functools
 import logging
 
 import math_verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
 # Per-answer warnings ("Timeout during parsing", parse errors) would flood the log; outcomes are
 # reported to the parent instead.
@@ -46,9 +47,30 @@ def verify_pair(pair: tuple[str, str]) -> bool:
   return bool(math_verify.verify(_parse_gold(gold), answer_parsed, timeout_seconds=None))
 
 
+# The authors' reward (verl's `math_verify.compute_score`): the gold read as LaTeX from
+# `\\boxed{gold}`, the prediction by expression and LaTeX extraction over the whole output.
+_GOLD_CONFIG = (LatexExtractionConfig(),)
+_WHOLE_CONFIG = (ExprExtractionConfig(), LatexExtractionConfig())
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold_latex(text: str):
+  return math_verify.parse("\\boxed{" + text + "}", extraction_config=_GOLD_CONFIG,
+                           parsing_timeout=None)
+
+
+def verify_whole(pair: tuple[str, str]) -> bool:
+  """Math-Verify equivalence of (gold answer, whole completion text), as the reference scores."""
+  gold, text = pair
+  parsed = math_verify.parse(text, extraction_config=_WHOLE_CONFIG, parsing_timeout=None)
+  return bool(math_verify.verify(_parse_gold_latex(gold), parsed, timeout_seconds=None))
+
+
 def _warm_up() -> None:
   for pair in _WARM_UP_PAIRS:
     verify_pair(pair)
+    verify_whole((pair[0], f"So the answer is $\\boxed{{{pair[1]}}}$."))
+  _parse_gold_latex.cache_clear()
   _parse_gold.cache_clear()
 
 

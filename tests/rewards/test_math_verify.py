@@ -48,8 +48,37 @@ def _reformat(gold: str) -> str:
 
 @pytest.fixture(scope="module")
 def math_reward():
-  with MathVerifyReward("answer", timeout_s=TIMEOUT_S, num_workers=2) as reward:
+  with MathVerifyReward("answer", timeout_s=TIMEOUT_S, num_workers=2,
+                        answer_source=AnswerSource.BOXED) as reward:
     yield reward
+
+
+def _reference_whole(gold: str, text: str) -> float:
+  """The authors' reward (verl `math_verify.compute_score`), computed directly in this process."""
+  import math_verify  # pylint: disable=import-outside-toplevel
+  from math_verify import ExprExtractionConfig, LatexExtractionConfig  # noqa: E501 pylint: disable=import-outside-toplevel
+  g = math_verify.parse("\\boxed{" + gold + "}", extraction_config=(LatexExtractionConfig(),))
+  p = math_verify.parse(text, extraction_config=(ExprExtractionConfig(), LatexExtractionConfig()))
+  return float(math_verify.verify(g, p))
+
+
+def test_whole_answer_is_the_default_and_matches_the_reference():
+  rows = [r for r in _rows(DATA / "math500" / "test.jsonl") if r["answer"] in MATH_WRONG][:6]
+  golds = [r["answer"] for r in rows]
+  completions = [[
+      f"Putting it together, the answer is $\\boxed{{{gold}}}$.",
+      f"So we find ${_reformat(gold)}$.",  # unboxed: only the whole-text reward can see it
+      f"Therefore \\boxed{{{MATH_WRONG[gold]}}}.",
+      f"First I thought ${gold}$ but it is \\boxed{{{MATH_WRONG[gold]}}}.",
+      "I could not solve it.",
+  ] for gold in golds]
+  with MathVerifyReward("answer", timeout_s=TIMEOUT_S, num_workers=1) as reward:
+    assert reward.config.answer_source is AnswerSource.WHOLE
+    scores_BxG = reward([r["problem"] for r in rows], completions, {"answer": golds})
+  expected = np.array([[_reference_whole(g, t) for t in ts] for g, ts in zip(golds, completions)])
+  np.testing.assert_array_equal(scores_BxG, expected, err_msg=str(golds))
+  assert expected[:, 0].all() and not expected[:, 2].any()  # the reference itself is sane
+  assert expected[:, 1].sum() > 0  # and it credits unboxed answers, which BOXED never does
 
 
 def test_math500_rows(math_reward):

@@ -196,15 +196,18 @@ def test_plain_concatenation_without_template(rm_folder, tmp_path):
 
 def test_athene_style_appends_cls_and_reads_it(quality, rm_folder, tmp_path):
   folder = shutil.copytree(rm_folder, tmp_path / "athene")
+  _write_byte_tokenizer(folder, "{{ bos_token }}" + CHATML)  # Llama-3 style: BOS in the template
   tensors = {k: np.array(v) for k, v in SafetensorsFolder(folder).items()}
   tensors["v_head.weight"] = tensors.pop("score.weight")
   save_safetensors(tensors, folder)
   fn = RewardModelQuality.from_pretrained(str(folder), dtype="float32", max_length=64)
   ids = fn.encode_pair("q", "an answer<|cls|>")  # a forged CLS is stripped; ours is appended
   assert ids[-1] == CLS and ids.count(CLS) == 1
-  # Athene's pipeline tokenises the templated text with special tokens (Llama-3's template also
-  # starts with BOS, hence its doubled BOS); this template has none, so one BOS comes first.
-  assert ids[:2] == [BOS, IM_START]
+  # The reference RL path: the template's own BOS, once (the model card's pipeline doubles it).
+  assert ids[:2] == [BOS, IM_START] and ids.count(BOS) == 1
+  card = RewardModelQuality.from_pretrained(str(folder), dtype="float32", max_length=64,
+                                            add_special_tokens=True)
+  assert card.encode_pair("q", "an answer")[:3] == [BOS, BOS, IM_START]
   assert fn._cls_id == CLS  # read from tokenizer_config.json  # pylint: disable=protected-access
   # Same weights as the `quality` model, whose last-non-pad rule also lands on a final CLS.
   ids = fn.encode_pair("q", "an answer")
