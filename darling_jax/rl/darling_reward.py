@@ -37,7 +37,10 @@ from darling_jax.rl.fusion import Fusion, FusionConfig, fuse
 class RewardConfig:
   """How a group's quality and equivalence turn into advantages (paper defaults)."""
 
-  threshold: float = 0.32  # tau: pairs with P(similar) > tau are equivalent (ModernBERT's 0.32)
+  # tau: pairs with P(similar) > tau are equivalent (the chat recipe's ModernBERT: 0.32, math:
+  # 0.5). None: the classifier folder's calibrated threshold (the trainer resolves it and records
+  # the value in the run's saved config).
+  threshold: float | None = None
   diversity_floor: float = 0.1  # the paper's Norm(.): no rollout's diversity falls below 0.1
   fusion: FusionConfig = FusionConfig()  # q * div (DARLING); QUALITY_ONLY is plain GRPO
   scale_rewards: ScaleRewards = ScaleRewards.NONE  # Dr.GRPO: mean-centred, no std division
@@ -46,7 +49,8 @@ class RewardConfig:
   def __post_init__(self):
     object.__setattr__(self, "scale_rewards", parse_enum(ScaleRewards, self.scale_rewards,
                                                          "reward.scale_rewards"))
-    if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0):
+    if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                           and 0.0 <= self.threshold <= 1.0):
       raise InputError("reward.threshold", f"must be in [0, 1], got {self.threshold!r}")
     if not (isinstance(self.diversity_floor, (int, float)) and 0.0 <= self.diversity_floor <= 1.0):
       raise InputError("reward.diversity_floor", f"must be in [0, 1], got {self.diversity_floor!r}")
@@ -73,6 +77,9 @@ def darling_advantages(
   metrics: dict[str, Array] = {}
   if equiv_probs_BxGxG is not None:
     chex.assert_shape(equiv_probs_BxGxG, (q_BxG.shape[0], G, G))
+    if config.threshold is None:
+      raise InputError("update.reward.threshold", "is unset: give tau, or let the trainer take "
+                       "the classifier folder's calibrated threshold")
     classes_BxG = union_find_classes(equivalence_from_probs(equiv_probs_BxGxG, config.threshold))
     div_BxG = diversity_scores(classes_BxG, floor=config.diversity_floor)
     n_classes_B = num_classes(classes_BxG).astype(jnp.float32)

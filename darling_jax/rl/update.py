@@ -44,6 +44,9 @@ class UpdateConfig:
   micro_batch_prompts: int = 0  # prompts per gradient-accumulation micro-batch; 0 = whole mini-batch
   temperature: float = 1.0  # sampling temperature; the loss scores logits / T like pi_old did
   logprob_chunk: int = 128  # response positions per LM-head chunk (bounds [S, chunk, V] memory)
+  # pi_old from a trainer forward instead of the sampler's log-probs; None: exactly when sampler
+  # filters (top-k/p, min-p) make the sampled distribution differ from softmax(z / T)
+  recompute_old_logprobs: bool | None = None
   policy_loss: PolicyLossConfig = PolicyLossConfig()
   kl: KLConfig = KLConfig()  # beta = 0: no reference model (the paper's math runs)
   reward: RewardConfig = RewardConfig()

@@ -27,6 +27,7 @@ from darling_jax.sharding.mesh import make_mesh
 from darling_jax.train import components
 from darling_jax.train.checkpoint import Checkpointer, abstract_like
 from darling_jax.train.config import DiversitySource, TrainConfig
+from darling_jax.train.effective import effective_config
 from darling_jax.train.metrics_writer import MetricsWriter
 from darling_jax.train.overrides import to_dict
 from darling_jax.train.periodic_eval import EvalSet, run_eval
@@ -63,7 +64,9 @@ class TrainResult:
   workdir: pathlib.Path
 
 
-def _ref_logprobs_fn(graphdef, ref_params, temperature: float, chunk: int):
+def _logprobs_fn(graphdef, temperature: float, chunk: int):
+  """Jitted (params, batch) -> log pi(response tokens) [B, G, N] at the sampling temperature."""
+
   @jax.jit
   def fn(params, batch: UpdateBatch):
     B, G, N = batch.response_ids.shape
@@ -73,7 +76,7 @@ def _ref_logprobs_fn(graphdef, ref_params, temperature: float, chunk: int):
         temperature=temperature, chunk=chunk, with_entropy=False)
     return logp.reshape(B, G, N)
 
-  return lambda batch: fn(ref_params, batch)
+  return fn
 
 
 def _on_mesh(tree: Any, replicated: NamedSharding) -> Any:
@@ -98,19 +101,19 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
   stop_ids = tuple(dict.fromkeys((*config.sampler.stop_ids, *stop_ids_for(model, tokenizer))))
   graphdef, trainable, frozen = components.trainable_and_frozen(config, model)
   del model
-  sampler_cfg = dataclasses.replace(config.sampler, stop_ids=stop_ids)
   diversity = components.build_diversity(config)
-  # pi_old sampled at sampler.temperature: the loss must score the same tempered distribution.
-  update_cfg = dataclasses.replace(config.update, temperature=config.sampler.temperature)
-  if diversity is not None and diversity.source is DiversitySource.CLASSIFIER:
-    # The classifier folder carries the threshold it was calibrated at.
-    update_cfg = dataclasses.replace(update_cfg, reward=dataclasses.replace(
-        update_cfg.reward, threshold=diversity.threshold))
+  learned = diversity is not None and diversity.source is DiversitySource.CLASSIFIER
+  # From here on `config` is what runs, and what config.json and the checkpoints record.
+  config = effective_config(config, stop_ids=stop_ids,
+                            classifier_threshold=diversity.threshold if learned else None)
+  if learned:
+    diversity = dataclasses.replace(diversity, threshold=config.update.reward.threshold)
+  sampler_cfg, update_cfg = config.sampler, config.update
+  logprobs_fn = _logprobs_fn(graphdef, update_cfg.temperature, update_cfg.logprob_chunk)
   ref_fn = None
   if update_cfg.kl.beta > 0:
     ref_params = frozen if frozen is not None else jax.tree.map(jnp.copy, trainable)
-    ref_fn = _ref_logprobs_fn(graphdef, ref_params, update_cfg.temperature,
-                              update_cfg.logprob_chunk)
+    ref_fn = lambda batch: logprobs_fn(ref_params, batch)  # noqa: E731
   tx = config.optim.build()
   state = _on_mesh(TrainState(step=jnp.int32(0), params=trainable,
                               opt_state=jax.jit(tx.init)(trainable),
@@ -173,6 +176,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                        key=key, sampler_cfg=sampler_cfg, tokenizer=tokenizer, stop_ids=stop_ids,
                        quality_fn=quality_fn, diversity=diversity, ref_logprobs_fn=ref_fn,
                        mesh=mesh, timer=timer)
+        if update_cfg.recompute_old_logprobs:
+          with timer("old_logprobs"):  # the sampler's are of the filtered distribution
+            data.batch = data.batch.replace(old_logprobs=logprobs_fn(policy, data.batch))
         with timer("update"):
           state, update_metrics = update_fn(state, data.batch, frozen)
           update_metrics = jax.device_get(update_metrics)

@@ -78,6 +78,11 @@ def test_sigterm_and_kill9_resume_exactly(tmp_path):
   for a, b in zip(restore_state_leaves(run, 4), restore_state_leaves(ref, 4)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (run / "tensorboard").is_dir() and (run / "config.json").exists()
+  # The saved config is the one that ran: derived values are recorded, not the file's blanks.
+  saved = json.loads((run / "config.json").read_text())
+  assert saved["sampler"]["stop_ids"], "the tokenizer's stop ids are recorded"
+  assert saved["update"]["temperature"] == saved["sampler"]["temperature"]
+  assert saved["update"]["recompute_old_logprobs"] is False  # no sampling filter in smoke.py
 
 
 def test_nonfinite_update_is_never_checkpointed(tmp_path):
