@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  # argparse stops filling a positional list at the first flag: `workdir=x --no-progress steps=2`
+  # leaves steps=2 over. key=value words are overrides wherever they stand.
+  if extra and isinstance(getattr(args, "overrides", None), list):
+    stray = [w for w in extra if w.startswith("-") or "=" not in w]
+    if not stray:
+      args.overrides.extend(extra)
+      extra = []
+  if extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
     return int(args.run(args) or 0)
   except InputError as e:

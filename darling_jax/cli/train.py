@@ -17,6 +17,9 @@ def register(subparsers, verb: str) -> None:
   p.add_argument("--config-arg", default=None, help="passed to get_config(arg)")
   p.add_argument("--no-progress", action="store_true", help="no terminal progress bar")
   p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  p.add_argument("--allow-config-change", action="store_true",
+                 help="resume even though the config changes what the checkpoint means (model, "
+                 "G, fusion, data, ...); the change is recorded in config_history.jsonl")
   p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
   p.set_defaults(run=run)
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
   if jax.process_index() == 0:
     print(f"darling-jax train: {len(jax.devices())} {jax.devices()[0].platform} device(s), "
           f"{jax.process_count()} process(es); workdir {config.workdir}", file=sys.stderr)
-  result = train(config, progress=not args.no_progress)
+  result = train(config, progress=not args.no_progress,
+                 allow_config_change=args.allow_config_change)
   if result.terminated:
     print(f"darling-jax train: SIGTERM: checkpoint saved at step {result.steps_done}",
           file=sys.stderr)

@@ -10,9 +10,10 @@ full replica per device.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import ml_dtypes
@@ -53,11 +54,20 @@ def read_header(path: pathlib.Path) -> tuple[dict, int]:
     try:
       begin, end = info["data_offsets"]
       dtype = np.dtype(_DTYPES[info["dtype"]])
-      count = int(np.prod(info["shape"], dtype=np.int64))
+      shape = info["shape"]
+      if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape!r} is not a list of non-negative integers")
+      if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)):
+        raise ValueError(f"data_offsets {info['data_offsets']!r} are not integers")
+      count = math.prod(shape)
     except (KeyError, TypeError, ValueError) as e:
       raise InputError(path, f"tensor {name!r} has a malformed header entry ({e})") from None
-    if end - begin != count * dtype.itemsize or data_start + end > size:
-      raise InputError(path, f"tensor {name!r} is truncated or its offsets are corrupt")
+    # Negative offsets would read the header itself (or any byte before the data) as weights.
+    if (begin < 0 or end < begin or end - begin != count * dtype.itemsize
+        or data_start + end > size):
+      raise InputError(path, f"tensor {name!r} is truncated or its offsets are corrupt "
+                       f"(data_offsets {[begin, end]}, shape {shape}, {size - data_start} "
+                       "data bytes)")
   return header, data_start
 
 
@@ -71,8 +81,8 @@ class SafetensorsFolder(Mapping[str, np.ndarray]):
     if index.exists():
       try:
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({self.folder / f for f in weight_map.values()})
-      except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        files = sorted({self._confined(index, f) for f in weight_map.values()})
+      except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise InputError(index, f"not a valid safetensors index ({e})") from None
     elif single.exists():
       files = [single]
@@ -88,6 +98,15 @@ class SafetensorsFolder(Mapping[str, np.ndarray]):
       for name, info in header.items():
         self._entry[name] = (f, info, data_start)
     self._maps: dict[pathlib.Path, np.memmap] = {}
+
+  def _confined(self, index: pathlib.Path, name: Any) -> pathlib.Path:
+    """A shard named by the index, which must be a file directly in the model folder: an index is
+    untrusted, and `../../etc/passwd` or an absolute path must never be opened."""
+    if not isinstance(name, str) or not name.endswith(".safetensors") or pathlib.PurePath(
+        name).name != name or name in (".", ".."):
+      raise InputError(index, f"shard {name!r} is not a .safetensors file name inside "
+                       f"{self.folder} (paths are not allowed)")
+    return self.folder / name
 
   def __getitem__(self, name: str) -> np.ndarray:
     if name not in self._entry:

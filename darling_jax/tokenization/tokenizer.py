@@ -99,6 +99,7 @@ class Tokenizer:
         add_generation_prompt=add_generation_prompt,
         special_tokens={"bos_token": self.bos_token or "", "eos_token": self.eos_tokens[0],
                         "pad_token": self.pad_token},
+        where=f"{self.source}: chat_template",
         **kwargs,
     )
     return self.encode(text, add_special_tokens=False) if tokenize else text

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import pathlib
 import signal
+import sys
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from darling_jax.errors import InputError
 from darling_jax.rl.lora import merge_lora
 from darling_jax.rl.state import TrainState, UpdateBatch
 from darling_jax.rl.update import make_update_step, policy_logprobs
@@ -31,7 +33,9 @@ from darling_jax.train.effective import effective_config
 from darling_jax.train.metrics_writer import MetricsWriter
 from darling_jax.train.overrides import to_dict
 from darling_jax.train.periodic_eval import EvalSet, run_eval
+from darling_jax.train.resume_check import check_resume
 from darling_jax.train.rollout_stage import Timer, collect
+from darling_jax.train.workdir_lock import WorkdirLock
 
 
 class _SigtermFlag:
@@ -92,9 +96,30 @@ def _on_mesh(tree: Any, replicated: NamedSharding) -> Any:
   return jax.tree.map(one, tree)
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-  """Runs (or resumes) the configured run under `config.workdir`."""
+def train(config: TrainConfig, *, progress: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
+  """Runs (or resumes) the configured run under `config.workdir`, holding its workdir lock.
+
+  A resume whose config changes what the checkpoint means is refused (resume_check.py) unless
+  `allow_config_change`.
+  """
   workdir = pathlib.Path(config.workdir)
+  if not str(config.workdir).strip():
+    raise InputError("workdir", "is empty; give the run a folder (workdir=runs/NAME)")
+  if jax.process_index() != 0:
+    return _train(config, workdir, progress, allow_config_change)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise InputError("workdir", f"{workdir} cannot be created ({e.strerror})") from None
+  if not workdir.is_dir():
+    raise InputError("workdir", f"{workdir} is not a folder")
+  with WorkdirLock(workdir):
+    return _train(config, workdir, progress, allow_config_change)
+
+
+def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
+           allow_config_change: bool) -> TrainResult:
   mesh = make_mesh(config.mesh)
   replicated = NamedSharding(mesh, P())
   model, tokenizer = components.build_policy(config, mesh)
@@ -136,13 +161,22 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
   quality_fn = components.build_quality(config)
 
   ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  start = ckpt.latest_step() or 0
-  if start:
-    state, data_state, _ = ckpt.restore(start, abstract_like(state))
-    data_iter.set_state(data_state)
+  restored = ckpt.restore_latest(abstract_like(state))
+  start = 0
+  if restored is not None:
+    check_resume(restored.meta.get("config"), config, restored.step, allow_config_change)
+    state, start = restored.state, restored.step
+    data_iter.set_state(restored.data)
+    for line in restored.skipped:
+      print(f"darling-jax: {line}; resuming from step {start}", file=sys.stderr)
+    if start >= config.steps:
+      print(f"darling-jax: {workdir} is at step {start} >= steps={config.steps}: nothing to do "
+            "(raise steps=... to train on)", file=sys.stderr)
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    with open(workdir / "config_history.jsonl", "a", encoding="utf-8") as f:
+      f.write(json.dumps({"start_step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                          "config": to_dict(config)}) + "\n")
   writer = MetricsWriter(workdir, config.steps, start, config.log_every, progress=progress)
   meta = {"config": to_dict(config)}
   metrics: dict[str, Any] = {}
@@ -198,7 +232,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 f"step {step}: non-finite update (loss={metrics['loss']}, grad_norm="
                 f"{metrics['grad_norm']}, update_norm={metrics['update_norm']}); it was not "
                 "applied and " + ("no checkpoint was written yet" if last is None else
-                                  f"the last checkpoint (step {last}) is clean"))
+                                  f"the last checkpoint (step {last}) holds the finite state "
+                                  "saved then (its digest is verified on restore)"))
         else:
           nonfinite_run = 0
         done = step + 1
