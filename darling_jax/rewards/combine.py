@@ -28,7 +28,7 @@ def _reward_model(path: str | None = None, **kwargs: Any) -> QualityFn:
 
 
 BUILTINS: dict[str, Callable[..., QualityFn]] = {
-    "math_verify": MathVerifyReward,  # MATH-style gold answers, boxed final answer (the paper's)
+    "math_verify": MathVerifyReward,  # MATH-style gold answers, Math-Verify over the whole answer
     "gsm8k": gsm8k_reward,  # GSM8K solutions ("#### 72"), lenient answer extraction
     "reward_model": _reward_model,  # HF *ForSequenceClassification / Athene-RM folder: path=...
 }

@@ -157,6 +157,7 @@ def build_quality(config: TrainConfig):
   """One QualityFn: builtins by name (darling_jax.rewards.BUILTINS) and user functions by import
   path, summed with their weights."""
   from darling_jax.rewards import BUILTINS, WeightedSum, builtin
+  from darling_jax.rewards.combine import VERIFIERS
 
   fns = []
   for name, w in config.quality.functions:
@@ -164,8 +165,11 @@ def build_quality(config: TrainConfig):
       if not config.quality.reward_model:
         raise InputError("quality.reward_model", "the reward_model quality needs its folder")
       fns.append((builtin(name, path=config.quality.reward_model), float(w)))
+    elif name in VERIFIERS:
+      fns.append((builtin(name, timeout_s=config.quality.timeout_s,
+                          batch_timeout_s=config.quality.step_timeout_s), float(w)))
     elif name in BUILTINS:
-      fns.append((builtin(name, timeout_s=config.quality.timeout_s), float(w)))
+      fns.append((builtin(name), float(w)))
     elif "." in name:
       fns.append((_import_quality(name), float(w)))
     else:

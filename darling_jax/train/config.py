@@ -97,11 +97,20 @@ class QualityConfig:
   # (builtin name, weight) pairs summed into q; names from darling_jax.rewards.BUILTINS
   functions: tuple[tuple[str, float], ...] = (("gsm8k", 1.0),)
   timeout_s: float = 5.0  # per-answer limit of the math verifier
+  # Per-step limit of the verifiers: answers unfinished by then score 0 and are counted
+  # (metrics quality_unfinished / quality_timed_out); None: per-answer limits only.
+  step_timeout_s: float | None = 60.0
   reward_model: str = ""  # HF *ForSequenceClassification folder for the "reward_model" quality
 
   def __post_init__(self):
     if not self.functions:
       raise InputError("quality.functions", "needs at least one name:weight")
+    if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < float("inf")):
+      raise InputError("quality.timeout_s", f"must be a positive number, got {self.timeout_s!r}")
+    if self.step_timeout_s is not None and not (
+        isinstance(self.step_timeout_s, (int, float)) and 0 < self.step_timeout_s < float("inf")):
+      raise InputError("quality.step_timeout_s",
+                       f"must be a positive number or none, got {self.step_timeout_s!r}")
 
 
 @dataclasses.dataclass(frozen=True)

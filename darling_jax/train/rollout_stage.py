@@ -119,4 +119,8 @@ def collect(
       "frac_truncated": float(1.0 - stopped.mean()),
       "prompt_len_mean": float(np.asarray(prompt_batch.prompt_lengths_B).mean()),
   }
+  stats = getattr(quality_fn, "last_stats", None)  # verifiers: answers past their time limits
+  if stats is not None:
+    metrics["quality_timed_out"] = float(stats.timed_out)
+    metrics["quality_unfinished"] = float(stats.unfinished)
   return StepData(batch=batch, texts=texts, prompts=list(prompt_batch.prompts), metrics=metrics)
