@@ -59,15 +59,17 @@ _BARE_BOX_ARG_RE = re.compile(r"[^\s${}]+")
 # A number as people write it: sign, thousands groups or plain digits, decimals, a /denominator.
 # The look-behind stops a match starting inside a word or another number ("x2", "1.5" -> not "5").
 _NUMBER = r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+\u2212]?\.\d+"
-_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})")
-_GSM8K_RE = re.compile(rf"####\s*\$?\s*({_NUMBER})")
+# ASCII digits only: Python's \d also matches full-width and Arabic-Indic digits, which
+# Math-Verify does not read as numbers, and the fast path must never disagree with it.
+_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})", re.ASCII)
+_GSM8K_RE = re.compile(rf"####\s*\$?\s*({_NUMBER})", re.ASCII)
 
 _PLAIN_NUMBER_RE = re.compile(
-    r"([-+]?)(\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.(\d+))?(?:/(\d+))?"
+    r"([-+]?)(\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.(\d+))?(?:/(\d+))?", re.ASCII
 )
 # \frac{3}{4}, \dfrac{-3}{4}, \tfrac34 (the one-digit shorthand), with an optional leading sign.
 _LATEX_FRAC_RE = re.compile(
-    r"([-+]?)\\[dt]?frac(?:\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}|(\d)(\d))"
+    r"([-+]?)\\[dt]?frac(?:\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}|(\d)(\d))", re.ASCII
 )
 # LaTeX spacing inside numbers ("112,\!875", "1\,000").
 _LATEX_SPACING_RE = re.compile(r"\\[!,;: ]|~")

@@ -173,3 +173,13 @@ def test_megabyte_inputs_are_fast(text):
     extract_answer(text, source)
   parse_number(text)
   assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("digits", ["\uff13\uff11\uff13\uff13\uff17", "\u0663\u0661\u0663\u0663\u0667"])
+def test_non_ascii_digits_are_not_plain_numbers(digits):
+  # Math-Verify reads neither full-width nor Arabic-Indic digits as 31337; the fast path must
+  # agree with it, so these go to the verifier instead of being scored in-process.
+  import math_verify
+
+  assert parse_number(digits) is None and last_number("so " + digits) is None
+  assert not math_verify.verify(math_verify.parse("$31337$"), math_verify.parse(f"${digits}$"))
