@@ -1,7 +1,8 @@
 """What a resume may change: a checkpoint means its config; changing that silently mixes two runs.
 
 `changed_fields(saved, current)` lists every dotted config key whose value differs between the
-checkpoint's recorded (effective) config and the resuming run's. Keys under `MAY_CHANGE` (how long
+checkpoint's recorded (effective) config and the resuming run's (keys only one side has come from
+another darling_jax version and are not compared). Keys under `MAY_CHANGE` (how long
 to run, where and how often to log, evaluate and checkpoint) may differ; any other difference
 refuses the resume unless the user says so (`darling-jax train --allow-config-change`).
 """
@@ -32,9 +33,11 @@ def changed_fields(saved: dict[str, Any], current: TrainConfig) -> list[str]:
   """Dotted keys (outside MAY_CHANGE) whose values differ, in a stable order."""
   now = _flat(json.loads(json.dumps(to_dict(current))))
   before = _flat(saved)
-  keys = sorted(set(now) | set(before))
+  # Keys on one side only are fields another darling_jax version added or removed: not a change
+  # the user made, and refusing them would strand every checkpoint across an upgrade.
+  keys = sorted(set(now) & set(before))
   free = lambda k: any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)  # noqa: E731
-  return [k for k in keys if not free(k) and now.get(k, "<absent>") != before.get(k, "<absent>")]
+  return [k for k in keys if not free(k) and now[k] != before[k]]
 
 
 def check_resume(saved: dict[str, Any] | None, current: TrainConfig, step: int,

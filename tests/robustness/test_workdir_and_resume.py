@@ -62,6 +62,10 @@ def test_changed_fields_names_what_changes_the_run():
   assert check_resume(saved, _smoke("sampler.num_samples=4"), step=4, allow=True) == [
       "sampler.num_samples"]
   assert "steps" in MAY_CHANGE
+  # A field a newer version added (absent from the checkpoint) is not a change the user made.
+  older = json.loads(json.dumps(saved))
+  del older["quality"]["step_timeout_s"]
+  assert changed_fields(older, _smoke()) == []
 
 
 # ---- end to end through the CLI ---------------------------------------------------------------
