@@ -36,11 +36,14 @@ def load_model(
 
   Args:
     path: a Hugging Face model folder (config.json, safetensors, tokenizer files) of a Llama 3.x,
-      SmolLM2, Qwen2/2.5 or Qwen3 model, or a Llama-family .gguf file.
+      SmolLM2, Qwen2/2.5 or Qwen3 model, a Llama-family .gguf file, or "smollm2" (the packaged
+      SmolLM2-135M-Instruct GGUF).
     dtype: compute dtype (float32 or bfloat16, or their names).
     param_dtype: parameter dtype; defaults to `dtype`.
     mesh: place parameters sharded on this mesh by `rules` (default: one device).
   """
+  if str(path) == "smollm2" and not pathlib.Path("smollm2").exists():
+    path = packaged_smollm2_gguf()  # the README's name for the packaged GGUF
   path = pathlib.Path(path)
   dtype = _dtype(dtype)
   param_dtype = dtype if param_dtype is None else _dtype(param_dtype)

@@ -33,6 +33,11 @@ class OptimConfig:
   end_lr_fraction: float = 0.1  # cosine ends at this fraction of the peak lr
 
   def __post_init__(self):
+    for name in ("b1", "b2"):
+      v = getattr(self, name)
+      if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+        raise InputError(f"optim.{name}", f"must be in [0, 1) (an exponential decay rate), got "
+                         f"{v!r}")
     object.__setattr__(self, "schedule", parse_enum(Schedule, self.schedule, "optim.schedule"))
     for name in ("learning_rate", "weight_decay", "eps", "max_grad_norm", "end_lr_fraction"):
       v = getattr(self, name)

@@ -123,6 +123,17 @@ class EvalConfig:
   at_start: bool = False  # also evaluate the starting policy (step 0)
   save_samples: int = 0  # write this many prompts' samples per evaluation to eval_samples.jsonl
 
+  def __post_init__(self):
+    for name in ("num_prompts", "num_samples"):
+      if getattr(self, name) < 1:
+        raise InputError(f"eval.{name}", f"must be >= 1, got {getattr(self, name)}")
+    if self.every < 0 or self.save_samples < 0:
+      raise InputError("eval.every" if self.every < 0 else "eval.save_samples", "must be >= 0")
+    if not self.temperature > 0 or not 0 < self.top_p <= 1:
+      raise InputError("eval.temperature" if not self.temperature > 0 else "eval.top_p",
+                       f"must be > 0 (top_p in (0, 1]), got temperature={self.temperature}, "
+                       f"top_p={self.top_p}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -148,6 +159,11 @@ class TrainConfig:
   def __post_init__(self):
     if self.steps < 0:
       raise InputError("steps", f"must be >= 0, got {self.steps}")
+    if not 0 <= self.seed < 2**32:
+      raise InputError("seed", f"must be in [0, 2^32), got {self.seed}")
+    if self.sampler.num_samples < 2:
+      raise InputError("sampler.num_samples", f"a group needs G >= 2 rollouts (advantages are "
+                       f"relative to the group), got {self.sampler.num_samples}")
     self.update.split(self.data.batch_size)  # raises naming the field if it does not divide
     from darling_jax.rl.fusion import Fusion
 

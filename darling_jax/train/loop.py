@@ -157,7 +157,7 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
     eval_iter, _ = components.build_data(config, tokenizer, config.data.eval_split, shuffle=False,
                                          num_epochs=1, batch_size=config.eval.num_prompts,
                                          dataset=config.data.eval_dataset or None)
-    eval_set = EvalSet.build(eval_iter)
+    eval_set = EvalSet.build(eval_iter, config.eval.num_prompts)
   quality_fn = components.build_quality(config)
 
   ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from darling_jax.errors import InputError
 from darling_jax.evaluation import evaluate_math, evaluate_novelty
 from darling_jax.rewards import score_groups
 from darling_jax.sampling import SamplerConfig, sample
@@ -38,8 +39,12 @@ class EvalSet:
   batch: Any  # a PromptBatch of all eval prompts
 
   @classmethod
-  def build(cls, iterator) -> "EvalSet":
-    return cls(next(iterator))
+  def build(cls, iterator, num_prompts: int | None = None) -> "EvalSet":
+    try:
+      return cls(next(iterator))
+    except StopIteration:
+      raise InputError("eval.num_prompts", f"the eval split has fewer than {num_prompts} prompts "
+                       "(within data.max_prompt_tokens); lower eval.num_prompts") from None
 
 
 def run_eval(*, eval_set: EvalSet, graphdef, params, tokenizer, stop_ids, max_new_tokens: int,

@@ -1,0 +1,33 @@
+"""Config values that used to be accepted and wrong, or to fail late: one InputError each, naming
+the field the user set, before anything is built."""
+
+import pytest
+
+from darling_jax.errors import InputError
+from darling_jax.train.config import TrainConfig
+from darling_jax.train.overrides import apply_overrides
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.b1=5", "optim.b1"), ("optim.b2=1.0", "optim.b2"), ("optim.b1=-0.1", "optim.b1"),
+    ("eval.num_prompts=0", "eval.num_prompts"), ("eval.num_samples=0", "eval.num_samples"),
+    ("eval.every=-1", "eval.every"), ("eval.top_p=0", "eval.top_p"),
+    ("sampler.num_samples=1", "sampler.num_samples"), ("seed=9223372036854775808", "seed"),
+    ("seed=-1", "seed"),
+])
+def test_bad_values_name_their_field(override, field):
+  with pytest.raises(InputError) as e:
+    apply_overrides(TrainConfig(), [override])
+  assert field in str(e.value)
+
+
+@pytest.mark.slow
+def test_readme_generate_example_with_the_packaged_model_name():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  out = subprocess.run([sys.executable, "-m", "darling_jax", "generate", "--model", "smollm2",
+                        "--prompt", "What is the capital of France?", "--chat", "--greedy",
+                        "--max-new-tokens", "8"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  assert "Paris" in out.stdout
