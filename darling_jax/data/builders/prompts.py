@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from darling_jax.data.rows import FieldMapping, ReadReport, Row, read_jsonl
+from darling_jax.errors import InputError
 
 # Bump when the stored layout changes: it is part of every config digest.
 BUILD_FORMAT = "darling-prompts-1"
@@ -93,6 +94,10 @@ class DarlingPrompts(tfds.core.GeneratorBasedBuilder):
     reports: dict[str, dict] = {}
     for split, path in cfg.files:
       rows, report = read_jsonl(path, mapping, skip_malformed=cfg.skip_malformed)
+      if not rows:  # TFDS would fail later with a bare AssertionError naming no file
+        raise InputError(path, f"has no {'valid ' if report.num_skipped else ''}rows for the "
+                         f"{split!r} split" + (f" ({report.num_skipped} malformed skipped)"
+                                               if report.num_skipped else ""))
       parsed[split] = rows
       reports[split] = dataclasses.asdict(report)
     self.info.metadata["read_reports"] = reports

@@ -80,6 +80,15 @@ def test_malformed_refused_with_file_line_unless_skipped(tmp_path):
   assert again.report.num_skipped == 1
 
 
+def test_empty_file_is_one_error_naming_it(tmp_path):
+  path, spec = _dataset(tmp_path, [], name="empty")
+  with pytest.raises(InputError, match=r"empty.jsonl: has no rows for the 'train' split"):
+    load_split(spec, "train", cache_dir=tmp_path / "cache")
+  path, spec = _dataset(tmp_path, ["{not json"], name="bad")
+  with pytest.raises(InputError, match=r"has no valid rows for the 'train' split .1 malformed skipped"):
+    load_split(spec, "train", cache_dir=tmp_path / "cache", skip_malformed=True)
+
+
 def test_bad_split_and_missing_file(tmp_path):
   path, spec = _dataset(tmp_path, GOOD)
   with pytest.raises(InputError, match="has no split 'test'"):
