@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
   except InputError as e:
     print(f"darling-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:
+    # A read-only or full disk is the machine's state, not a bug: one line, not a traceback.
+    # Checkpoints are written atomically (Orbax renames complete ones), so none is half-written.
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"darling-jax {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -31,3 +31,16 @@ def test_readme_generate_example_with_the_packaged_model_name():
                         "--max-new-tokens", "8"], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr
   assert "Paris" in out.stdout
+
+
+def test_workdir_that_is_a_file_and_disk_errors_are_one_line(tmp_path, capsys):
+  from darling_jax.cli.main import main  # pylint: disable=import-outside-toplevel
+
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  code = main(["train", "--config", "configs/smoke.py", f"workdir={blocker}", "--no-progress"])
+  err = capsys.readouterr().err.strip().splitlines()  # the start banner, then the error
+  assert code == 2 and len(err) == 2 and "workdir" in err[-1] and str(blocker) in err[-1]
+  code = main(["train", "--config", "configs/smoke.py", f"workdir={blocker}/sub"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 2 and "cannot be created" in err[-1]
