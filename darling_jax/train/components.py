@@ -131,6 +131,11 @@ def build_data(config: TrainConfig, tokenizer: Tokenizer, split: str, *, shuffle
   global_b = batch_size or dc.batch_size
   if global_b % hosts:
     raise InputError("data.batch_size", f"{global_b} prompts do not split over {hosts} hosts")
+  if global_b > len(source):
+    # The pipeline would otherwise repeat the split to fill one batch, tokenising for hours.
+    field = "data.batch_size" if batch_size is None else "eval.num_prompts"
+    raise InputError(field, f"{global_b} exceeds the {len(source)} prompts of {dataset!r} "
+                     f"split {split!r}")
   # Every host walks the same global stream and scores its own slice of each batch
   # (rollout_stage), so the prompts of step t do not depend on how many hosts there are.
   pipe = PipelineConfig(batch_size=global_b, max_prompt_tokens=dc.max_prompt_tokens,
