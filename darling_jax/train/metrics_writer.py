@@ -1,4 +1,5 @@
-"""Per-step metrics to metrics.jsonl, TensorBoard event files and a terminal progress bar.
+"""Per-step metrics to metrics.jsonl, TensorBoard event files and a progress display (a bar in a
+terminal or notebook, plain lines otherwise).
 
 Only process 0 writes. On resume the JSONL is cut back to the restored step and TensorBoard purges
 events after it, so a restarted run's logs read exactly like an uninterrupted run's.
@@ -34,11 +35,18 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter
 
     self._tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=start_step or None)
+    self._plain = False
+    self._total = total_steps
     if progress:
-      from tqdm import tqdm
+      # A terminal gets a bar, a notebook (Colab, Jupyter: no TTY) its widget bar, and a run with
+      # neither (SLURM, nohup on a TPU VM, CI) one plain line per log_every steps.
+      if sys.stderr.isatty() or _in_notebook():
+        from tqdm.auto import tqdm
 
-      self._bar = tqdm(total=total_steps, initial=start_step, desc="darling", unit="step",
-                       file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="darling", unit="step",
+                         file=sys.stderr, dynamic_ncols=True)
+      else:
+        self._plain = True
 
   def _truncate(self, start_step: int) -> None:
     """Drops lines the resumed run will write again: training steps >= start_step, and evaluations
@@ -69,9 +77,14 @@ class MetricsWriter:
         if isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
+    shown = {k: f"{clean[k]:.3g}" for k in _BAR_KEYS
+             if isinstance(clean.get(k), (int, float))}
     if self._bar is not None:
       self._bar.update(1)
-      self._bar.set_postfix({k: f"{clean[k]:.3g}" for k in _BAR_KEYS if k in clean})
+      self._bar.set_postfix(shown)
+    elif self._plain and (step % self.log_every == 0 or step + 1 == self._total):
+      fields = " ".join(f"{k}={v}" for k, v in shown.items())
+      print(f"darling step {step + 1}/{self._total} {fields}", file=sys.stderr, flush=True)
 
   def write_eval(self, step: int, prefix: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -97,6 +110,13 @@ class MetricsWriter:
     self._tb.close()
     if self._bar is not None:
       self._bar.close()
+
+
+def _in_notebook() -> bool:
+  """True inside a Jupyter/Colab kernel, where stderr is no TTY but a widget bar renders."""
+  ipython = sys.modules.get("IPython")
+  shell = ipython.get_ipython() if ipython is not None else None
+  return shell is not None and hasattr(shell, "kernel")
 
 
 def _jsonable(v: Any) -> Any:
