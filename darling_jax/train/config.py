@@ -155,10 +155,16 @@ class TrainConfig:
   keep_checkpoints: int = 2
   log_every: int = 1  # steps between terminal/TensorBoard logs (metrics.jsonl gets every step)
   max_nonfinite_steps: int = 0  # consecutive non-finite updates tolerated before stopping
+  # (start, stop): a jax.profiler trace of steps start .. stop-1 into workdir/profile; () = none
+  profile_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.steps < 0:
       raise InputError("steps", f"must be >= 0, got {self.steps}")
+    if self.profile_steps and not (len(self.profile_steps) == 2
+                                   and 0 <= self.profile_steps[0] < self.profile_steps[1]):
+      raise InputError("profile_steps", f"must be start,stop with 0 <= start < stop, got "
+                       f"{self.profile_steps}")
     if not 0 <= self.seed < 2**32:
       raise InputError("seed", f"must be in [0, 2^32), got {self.seed}")
     if self.sampler.num_samples < 2:

@@ -201,6 +201,8 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start, config.steps):
+        if config.profile_steps and step == config.profile_steps[0]:
+          jax.profiler.start_trace(str(workdir / "profile"))
         t0 = time.perf_counter()
         timer = Timer()
         prompt_batch = next(data_iter)
@@ -224,6 +226,8 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
         n_tokens = metrics["response_tokens"]
         metrics["tokens_per_s"] = n_tokens / step_s
         writer.write(step, metrics)
+        if config.profile_steps and step + 1 == config.profile_steps[1]:
+          jax.profiler.stop_trace()  # TensorBoard's profile plugin / Perfetto read workdir/profile
         if metrics["nonfinite"] > 0:
           nonfinite_run += 1
           if nonfinite_run > config.max_nonfinite_steps:

@@ -17,7 +17,7 @@ from darling_jax.train.config import TrainConfig
 from darling_jax.train.overrides import to_dict
 
 MAY_CHANGE = ("steps", "log_every", "eval", "checkpoint_every", "keep_checkpoints", "workdir",
-              "max_nonfinite_steps")
+              "max_nonfinite_steps", "profile_steps")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

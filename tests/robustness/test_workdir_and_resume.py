@@ -92,8 +92,10 @@ def _metrics(workdir):
 @pytest.mark.slow
 def test_resume_guards_end_to_end(tmp_path):
   ref = tmp_path / "ref"
-  subprocess.run(_cmd(ref), env=_env(), check=True, capture_output=True, timeout=900)
+  subprocess.run(_cmd(ref, "profile_steps=1,2"), env=_env(), check=True, capture_output=True,
+                 timeout=900)
   assert len((ref / "config_history.jsonl").read_text().splitlines()) == 1
+  assert any(p.is_file() for p in (ref / "profile").rglob("*.xplane.pb"))  # step 1's trace
 
   # A damaged newest checkpoint (flipped bytes in its largest state blob) is skipped: the run
   # resumes from step 3, redoes step 3 and ends exactly where the uninterrupted run did.
