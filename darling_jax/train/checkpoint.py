@@ -118,6 +118,10 @@ class Checkpointer:
     _sync(f"darling_quarantine_{step}")
     self._manager.reload()
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host at the same step once any host got SIGTERM (multi-host runs)."""
+    return bool(self._manager.reached_preemption(step))
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

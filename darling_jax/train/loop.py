@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import signal
 import sys
 import time
 from typing import Any
@@ -33,31 +32,10 @@ from darling_jax.train.effective import effective_config
 from darling_jax.train.metrics_writer import MetricsWriter
 from darling_jax.train.overrides import to_dict
 from darling_jax.train.periodic_eval import EvalSet, run_eval
+from darling_jax.train.preemption import Preemption
 from darling_jax.train.resume_check import check_resume
 from darling_jax.train.rollout_stage import Timer, collect
 from darling_jax.train.workdir_lock import WorkdirLock
-
-
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between steps (then it checkpoints and exits)."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -199,7 +177,7 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
   nonfinite_run = 0
   terminated = False
   try:
-    with _SigtermFlag() as sigterm:
+    with Preemption(ckpt.reached_preemption) as preemption:
       for step in range(start, config.steps):
         if config.profile_steps and step == config.profile_steps[0]:
           jax.profiler.start_trace(str(workdir / "profile"))
@@ -244,10 +222,11 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
         if eval_set is not None and (done % config.eval.every == 0 or done == config.steps):
           evaluate(done)
         due = config.checkpoint_every and done % config.checkpoint_every == 0
-        if due or done == config.steps or sigterm.raised:
+        preempted = preemption.due(done)  # the same step on every host
+        if due or done == config.steps or preempted:
           if nonfinite_run == 0:
             ckpt.save(done, state, data_iter.get_state(), meta)
-        if sigterm.raised:
+        if preempted:
           terminated = True
           break
   finally:

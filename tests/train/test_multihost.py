@@ -6,9 +6,11 @@ OS processes joined by `jax.distributed.initialize`, one global (data 2, fsdp 2,
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -53,3 +55,34 @@ def test_two_processes_match_one_process(tmp_path):
   assert (multi / "metrics.jsonl").read_text().count("\n") == 2
   for a, b in zip(restore_state_leaves(single, 2), restore_state_leaves(multi, 2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_saved_step(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  work = tmp_path / "preempt"
+  port = _free_port()
+  cmd = [*_cmd(work)[:-len(MESH) - 1], "diversity.source=ngram", "steps=1000",
+         "checkpoint_every=0", *MESH]
+  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                                 "DARLING_COORDINATOR": f"127.0.0.1:{port}",
+                                 "DARLING_NUM_PROCESSES": "2", "DARLING_PROCESS_ID": str(i)})
+           for i in range(2)]
+  try:
+    metrics = work / "metrics.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
+      assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)  # one host only, as a preempted pod VM
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [143, 143], [o[-3000:] for o in outs]
+  saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(saved) == 1 and 1 <= saved[0] < 1000
+  # Both hosts saved their shards of that one step (a deadlock or two steps would show here).
+  assert f"checkpoint saved at step {saved[0]}" in outs[0]
+  assert f"checkpoint saved at step {saved[0]}" in outs[1]
