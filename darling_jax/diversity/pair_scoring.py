@@ -395,3 +395,26 @@ class PairScorer:
   def equivalent(self, groups: Sequence[Sequence[str]]) -> jax.Array:
     """The equivalence graph: probs > tau (bool [B, G, G], reflexive and symmetric)."""
     return self(groups) > self.threshold
+
+
+def load_scorer(folder, shapes: ScoringShapes = ScoringShapes(), *, on_local_devices: bool = True,
+                similar_label: int | None = None, **options) -> PairScorer:
+  """A PairScorer for a classifier folder (`classifier train` output or HF
+  *ForSequenceClassification), on this host's devices by default: an encoder's rows split over
+  them (`scoring_mesh`), a decoder classifier's weights FSDP-sharded over them
+  (`sharded_scoring_mesh`), loaded straight into that sharding. options: PairScorer's."""
+  from darling_jax.diversity.classifier_io import (is_hf_classifier_folder, load_classifier,
+                                                   read_meta)
+  from darling_jax.models import encoders
+
+  if is_hf_classifier_folder(folder):
+    model_type = encoders.read_hf_config(folder).get("model_type")
+  else:
+    model_type = read_meta(folder)["classifier"].get("model_type")
+  sharded = encoders.is_decoder_family(model_type)
+  mesh = None
+  if on_local_devices:
+    mesh = sharded_scoring_mesh() if sharded else scoring_mesh()
+  clf, tok, _ = load_classifier(folder, mesh=mesh if sharded else None,
+                                similar_label=similar_label)
+  return PairScorer(clf, tok, shapes, mesh, **options)
