@@ -104,8 +104,9 @@ def resolve(*, cross: bool, max_positions: int, pair_overhead: int, window_token
   if not cross:
     tokens = answer_max_tokens or window_tokens
     if tokens + 2 > max_positions:
-      field = "answer_max_tokens" if answer_max_tokens else "max_tokens"
-      raise InputError(name(field), f"a {tokens}-token window plus [CLS]/[SEP] exceeds the "
+      # The window is the folder's own max_tokens unless the caller overrode it.
+      where = name("answer_max_tokens") if answer_max_tokens else "classifier.max_tokens"
+      raise InputError(where, f"a {tokens}-token window plus [CLS]/[SEP] exceeds the "
                        f"encoder's {max_positions} positions")
     return AnswerCut(words=answer_max_words, tokens=tokens, pair_tokens=None)
   max_len = max_length or min(max_positions, DEFAULT_MAX_LENGTH)
