@@ -52,7 +52,14 @@ def register(subparsers, verb: str) -> None:
                  help="classifier folder for --equivalence classifier, or 'default'")
   p.add_argument("--threshold", type=float, default=None,
                  help="novelty equivalence threshold (default: the classifier's, 0.5 for exact)")
-  p.add_argument("--patience", type=float, default=0.8, help="novelty utility patience")
+  p.add_argument("--answer-max-words", type=int, default=None,
+                 help="classifier: cut each answer to this many whitespace words")
+  p.add_argument("--answer-max-tokens", type=int, default=None,
+                 help="classifier: cut each answer to this many tokens (NoveltyBench: 128)")
+  p.add_argument("--symmetric", action="store_true",
+                 help="classifier: average both orders of each pair")
+  p.add_argument("--patience", type=float, default=0.8,
+                 help="novelty utility patience (NoveltyBench 0.8; 1.0: every position equal)")
   p.add_argument("--no-maj", dest="maj", action="store_false", help="skip maj@k")
   p.add_argument("--no-completions", dest="save_completions", action="store_false",
                  help="leave completions out of results.jsonl")

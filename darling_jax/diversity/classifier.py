@@ -1,8 +1,10 @@
 """The learned equivalence classifier: P(similar | y_i, y_j) from a text encoder, in two modes.
 
-Cross-encoder (the paper's): the encoder reads `[CLS] y_i [SEP] y_j [SEP]` and its own 2-way
-sequence-classification head gives logits z; p = softmax(z)[1]. G(G-1)/2 encoder passes per group
-(twice that with symmetric scoring); every pair attends across both answers.
+Cross-encoder (the paper's): the encoder reads `[CLS] y_i [SEP] y_j [SEP]` (a decoder classifier:
+`y_i [SEP] y_j [EOS]`, read at its last token) and its own 2-way sequence-classification head gives
+logits z; p = softmax(z)[similar_label] (label 1 unless configured). G(G-1)/2 encoder passes per
+group (twice that with symmetric scoring); every pair attends across both answers. How much of
+each answer the row holds is answer_length.py's.
 
 Bi-encoder: each answer is encoded once, as `windows` consecutive windows of `max_tokens` tokens
 (`[CLS] w [SEP]` each). From those, per answer:
@@ -59,11 +61,19 @@ class ClassifierConfig:
 
   mode: PairMode = PairMode.BI
   model_type: str = "bert"  # the encoder family (HF config.json model_type)
-  max_tokens: int = 128  # per-answer (per-window) truncation in tokens; the reference uses 128
+  max_tokens: int = 128  # bi mode: tokens per answer window (cross mode: see answer_max_*)
   windows: int = 1  # bi mode: encode up to this many consecutive max_tokens windows per answer
   bag_tokens: int = 512  # bi mode: the lexical bag of words reads this many tokens per answer
   threshold: float = 0.5  # pair is equivalent iff p > threshold (the paper's tau)
-  symmetric: bool = True  # cross mode: p = mean of both orders; bi mode is symmetric anyway
+  # Cross mode: score (i, j) once for i < j, as the reference does; True: the mean of both orders.
+  symmetric: bool = False
+  # Per-answer input length (answer_length.py): the pair row's max length (None: encoder positions,
+  # at most 2048), and a cut in whitespace words or in tokens (None, None: the reference's
+  # (max_length - 3) // 2 words in cross mode; bi mode reads its max_tokens windows).
+  max_length: int | None = None
+  answer_max_words: int | None = None
+  answer_max_tokens: int | None = None
+  similar_label: int = 1  # the head's output index meaning "similar": p = softmax(z)[similar_label]
   short_rule_words: int | None = 5  # both answers <= this many words: unigram rule; None: off
   head_hidden: int = 0  # bi mode: hidden width E of the feature MLP (0: logistic head)
 
@@ -76,8 +86,14 @@ class ClassifierConfig:
     if self.windows < 1 or (self.windows > 1 and self.mode != PairMode.BI):
       raise InputError("classifier.windows", f"must be 1 in cross mode, >= 1 in bi mode, got "
                        f"{self.windows}")
-    if not 0.0 <= self.threshold <= 1.0:
-      raise InputError("classifier.threshold", f"must be in [0, 1], got {self.threshold}")
+    check_threshold(self.threshold, "classifier.threshold")
+    if self.similar_label not in (0, 1):
+      raise InputError("classifier.similar_label", f"must be 0 or 1 (a 2-way head), got "
+                       f"{self.similar_label!r}")
+    for name in ("max_length", "answer_max_words", "answer_max_tokens"):
+      v = getattr(self, name)
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise InputError(f"classifier.{name}", f"must be a positive integer or null, got {v!r}")
     if self.short_rule_words is not None and self.short_rule_words < 0:
       raise InputError("classifier.short_rule_words", f"must be >= 0 or None, got "
                        f"{self.short_rule_words}")
@@ -102,6 +118,13 @@ class ClassifierConfig:
         raise InputError(where, f"mode must be one of {[m.value for m in PairMode]}, "
                          f"got {d['mode']!r}") from None
     return cls(**d)
+
+
+def check_threshold(tau: float, field: str) -> float:
+  """tau as a float, or an InputError naming `field` when it is not a number in [0, 1]."""
+  if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
+    raise InputError(field, f"must be a number in [0, 1], got {tau!r}")
+  return float(tau)
 
 
 class Statistic(nnx.Variable):

@@ -8,10 +8,17 @@ A classifier folder holds:
                     files): a BertForSequenceClassification in cross mode, a BertModel plus
                     `pair_head.safetensors` (head weights and idf) in bi mode.
 `load_classifier` restores from checkpoint/ (exact) using hf/ for the encoder config and tokenizer.
+
+A plain HF `*ForSequenceClassification` folder (BERT, ModernBERT, DeBERTa-v2/v3, Qwen3, Qwen2,
+Llama; config.json + safetensors + tokenizer.json, no classifier.json) is a classifier too: a
+cross-encoder whose 2-way head's `similar_label` output (default 1, as NoveltyBench's
+deberta-v3-large-generation-similarity reads softmax[:, 1]) is P(similar), threshold 0.5 unless
+the caller gives one. Its per-answer cut is the default (answer_length.py) unless overridden.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -74,17 +81,80 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
   return meta
 
 
-def load_classifier(folder: str | os.PathLike
+def is_hf_classifier_folder(folder: str | os.PathLike) -> bool:
+  """A HF model folder (config.json) that is not a `classifier train` output (classifier.json)."""
+  folder = pathlib.Path(folder)
+  return not (folder / META_NAME).exists() and (folder / "config.json").exists()
+
+
+def read_threshold(folder: str | os.PathLike) -> float | None:
+  """The calibrated tau saved in a classifier folder (None for a plain HF folder), read without
+  loading any weights."""
+  if is_hf_classifier_folder(folder):
+    return None
+  meta = read_meta(folder)
+  where = str(pathlib.Path(folder) / META_NAME)
+  return ClassifierConfig.from_json(meta["classifier"], where).threshold
+
+
+def load_hf_classifier(folder: str | os.PathLike, *, similar_label: int = 1,
+                       threshold: float = 0.5, mesh=None
+                       ) -> tuple[PairClassifier, Any, dict[str, Any]]:
+  """(cross-encoder classifier, tokenizer, meta) straight from a HF *ForSequenceClassification
+  folder (see the module docstring). mesh: where to place the weights (sharded families: a
+  `sharded_scoring_mesh()`; default: the first device).
+
+  Raises:
+    InputError: an unsupported model_type, a folder without a head or with a head that is not
+      2-way, or (decoders) without the pad/EOS ids the pair rows need; each naming the folder.
+  """
+  folder = pathlib.Path(folder).resolve()
+  hf = encoders.read_hf_config(folder)
+  model_type = hf.get("model_type")
+  if model_type is None:
+    raise InputError(folder / "config.json", "has no model_type field")
+  fam = encoders.family(model_type)
+  config = ClassifierConfig(mode=PairMode.CROSS, model_type=model_type, threshold=threshold,
+                            similar_label=similar_label)
+  tokenizer = encoders.tokenizer_from_folder(folder, model_type)  # its errors before any weights
+  model = fam.load(folder, mesh=mesh, rules=_rules(fam))
+  if model.config.num_labels != 2:
+    got = "no classification head" if not model.config.num_labels else (
+        f"a {model.config.num_labels}-way head")
+    raise InputError(folder, f"has {got}; a pair classifier needs a 2-way "
+                     "*ForSequenceClassification head (num_labels=2)")
+  clf = PairClassifier(model, config, rngs=nnx.Rngs(0))
+  return clf, tokenizer, {"classifier": config.to_json(), "source": "hf_folder"}
+
+
+def _rules(fam):
+  from darling_jax.sharding.rules import CLASSIFIER_RULES
+
+  return getattr(fam, "DEFAULT_LOAD_RULES", CLASSIFIER_RULES)
+
+
+def load_classifier(folder: str | os.PathLike, *, mesh=None, similar_label: int | None = None
                     ) -> tuple[PairClassifier, encoders.EncoderTokenizer, dict[str, Any]]:
-  """(classifier, tokenizer, classifier.json contents) from a folder written by save_classifier."""
+  """(classifier, tokenizer, classifier.json contents) from a folder written by save_classifier,
+  or from a plain HF *ForSequenceClassification folder (load_hf_classifier).
+
+  mesh: place the weights there (a sharded family by its rules; default: the first device).
+  similar_label: override which head output is "similar" (None: the folder's, else 1).
+  """
   import orbax.checkpoint as ocp
 
   folder = pathlib.Path(folder).resolve()
+  if is_hf_classifier_folder(folder):
+    return load_hf_classifier(folder, similar_label=1 if similar_label is None else similar_label,
+                              mesh=mesh)
   meta = read_meta(folder)
   config = ClassifierConfig.from_json(meta["classifier"], str(folder / META_NAME))
+  if similar_label is not None:
+    config = dataclasses.replace(config, similar_label=similar_label)
   fam = encoders.family(config.model_type)
   hf = folder / "hf"
   enc_config = fam.Config.from_hf(encoders.read_hf_config(hf))
+  tokenizer = encoders.tokenizer_from_folder(hf, config.model_type)
 
   def build() -> PairClassifier:
     enc = fam.Model(enc_config, rngs=nnx.Rngs(0))
@@ -94,6 +164,12 @@ def load_classifier(folder: str | os.PathLike
   graphdef, state = nnx.split(abstract)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         nnx.to_pure_dict(state))
+  if mesh is not None:  # restore each array straight into its sharding (a 4B decoder: FSDP)
+    from darling_jax.sharding.rules import state_shardings
+
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh, _rules(fam)))
+    target = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          target, shardings)
   ckpt_dir = folder / "checkpoint"
   if not ckpt_dir.exists():
     raise InputError(ckpt_dir, "missing: the classifier folder has no checkpoint")
@@ -104,5 +180,4 @@ def load_classifier(folder: str | os.PathLike
     raise InputError(ckpt_dir, f"does not match the classifier config ({e})") from None
   nnx.replace_by_pure_dict(state, restored)
   clf = nnx.merge(graphdef, state)
-  tokenizer = encoders.EncoderTokenizer.from_folder(hf, config.model_type)
   return clf, tokenizer, meta

@@ -91,17 +91,27 @@ def with_head(encoder: nnx.Module, model_type: str, num_labels: int, seed: int) 
   return new
 
 
-def init_classifier(init: str | os.PathLike | None, r: Recipe
+def init_classifier(init: str | os.PathLike | None, r: Recipe, **config_fields: Any
                     ) -> tuple[PairClassifier, encoders.EncoderTokenizer, pathlib.Path]:
-  """(classifier, tokenizer, encoder folder) for a recipe from a HF encoder folder."""
+  """(classifier, tokenizer, encoder folder) for a recipe from a HF encoder (or decoder
+  *ForSequenceClassification) folder; config_fields override ClassifierConfig fields
+  (answer_max_words, answer_max_tokens, max_length, similar_label)."""
   folder = pathlib.Path(init) if init else encoders.default_encoder_path()
   model_type = encoders.read_hf_config(folder).get("model_type")
+  if r.mode == PairMode.BI and encoders.is_decoder_family(model_type):
+    raise InputError(f"--recipe {r.name}", f"{folder} is a decoder ({model_type}): decoder "
+                     "classifiers are cross-encoders (use --recipe full)")
   encoder, tok = encoders.load_encoder(folder)
   if r.mode == PairMode.CROSS and encoder.config.num_labels != 2:
+    if encoder.config.num_labels is not None:
+      raise InputError(folder, f"has a {encoder.config.num_labels}-way head; a pair classifier "
+                       "needs a 2-way one (num_labels=2) or no head (a fresh one is added)")
     encoder = with_head(encoder, model_type, 2, r.seed)
-  config = ClassifierConfig(mode=r.mode, model_type=model_type, max_tokens=r.max_tokens,
+  # A recipe's window is a default, not a user setting: fit it to a short-position encoder.
+  window = min(r.max_tokens, encoder.config.max_position_embeddings - 2)
+  config = ClassifierConfig(mode=r.mode, model_type=model_type, max_tokens=window,
                             windows=r.windows, bag_tokens=r.bag_tokens, threshold=r.threshold,
-                            head_hidden=r.head_hidden)
+                            head_hidden=r.head_hidden, **config_fields)
   return PairClassifier(encoder, config, rngs=nnx.Rngs(r.seed)), tok, folder
 
 
@@ -210,7 +220,8 @@ def _train_all(clf: PairClassifier, tok: encoders.EncoderTokenizer, a: list[str]
                           np.stack([np.arange(len(a)), np.ones(len(a), int)], 1)])
   rng = np.random.default_rng(r.seed)
   cross = c.mode == PairMode.CROSS
-  longest = 2 * c.max_tokens + 3 if cross else c.max_tokens + 2
+  cut = PairScorer(clf, tok, shapes).cut  # the answer cut scoring will use, validated here
+  longest = cut.longest_row(cross, tok.pair_overhead)
 
   @functools.partial(nnx.jit, static_argnames=("num_groups",))
   def step(clf, opt, rows, y, *, num_groups):
@@ -234,12 +245,12 @@ def _train_all(clf: PairClassifier, tok: encoders.EncoderTokenizer, a: list[str]
     pick = order[perm[pos:pos + r.batch_size]]
     pos += r.batch_size
     groups = [[a[i], b[i]] if s == 0 else [b[i], a[i]] for i, s in pick]
-    rows = build_rows(groups, tok, cross=cross, max_tokens=c.max_tokens, symmetric=False,
+    rows = build_rows(groups, tok, cross=cross, max_tokens=cut.tokens, symmetric=False,
                       short_rule_words=None, row_buckets=(len(groups) * (1 if cross else
                                                                           2 * c.windows),),
                       length_buckets=geometric_buckets(min(shapes.min_length, longest), longest),
                       row_multiple=shapes.micro_batch, windows=c.windows,
-                      bag_tokens=c.bag_tokens)
+                      bag_tokens=c.bag_tokens, max_words=cut.words, pair_tokens=cut.pair_tokens)
     loss = float(step(clf, opt, device_rows(rows), jnp.asarray(labels[pick[:, 0]], jnp.int32),
                       num_groups=len(groups)))
     if t % 10 == 0 or t == r.steps - 1:
@@ -252,13 +263,21 @@ def _train_all(clf: PairClassifier, tok: encoders.EncoderTokenizer, a: list[str]
 
 def train(pairs: list[dict[str, Any]], r: Recipe, out: str | os.PathLike,
           init: str | os.PathLike | None = None, shapes: ScoringShapes = ScoringShapes(),
-          log: Log = print) -> dict[str, Any]:
+          log: Log = print, threshold: float | None = None, **config_fields: Any
+          ) -> dict[str, Any]:
   """Trains a classifier with recipe `r` on `pairs`, saves it into `out`, returns its metrics.
 
   Writes out/classifier.json, out/checkpoint/, out/hf/ (see classifier_io) and out/val.jsonl (the
   held-out split, never trained on: `darling-jax classifier eval --checkpoint out --pairs
   out/val.jsonl` gives the validation numbers).
+
+  threshold: the tau saved with the classifier (None: the recipe's, or its out-of-fold choice);
+  config_fields: ClassifierConfig overrides (answer_max_words, answer_max_tokens, max_length).
   """
+  from darling_jax.diversity.classifier import check_threshold
+
+  if threshold is not None:
+    threshold = check_threshold(threshold, "--threshold")
   t0 = time.time()
   labels = np.asarray([p["similar"] for p in pairs], int)
   tr, va = stratified_split(labels, r.val_fraction, r.seed)
@@ -267,7 +286,8 @@ def train(pairs: list[dict[str, Any]], r: Recipe, out: str | os.PathLike,
   a = [pairs[i]["generation_0"] for i in tr]
   b = [pairs[i]["generation_1"] for i in tr]
   y = labels[tr]
-  clf, tok, enc_folder = init_classifier(init, r)
+  clf, tok, enc_folder = init_classifier(init, r, **config_fields)
+  PairScorer(clf, tok, shapes)  # an answer length the encoder cannot hold fails here, not later
   log(f"recipe {r.name}: {len(tr)} training / {len(va)} validation pairs; encoder {enc_folder}")
   metrics: dict[str, Any] = {}
   if clf.config.mode == PairMode.BI and r.trainable != Trainable.NONE:
@@ -285,6 +305,8 @@ def train(pairs: list[dict[str, Any]], r: Recipe, out: str | os.PathLike,
       metrics["final_loss"] = _train_all(clf, tok, a, b, y, r, shapes, log)
     case Trainable.NONE:
       set_cosine_head(clf.head)
+  if threshold is not None:
+    tau = threshold
   clf.config = dataclasses.replace(clf.config, threshold=float(np.clip(tau, 0.0, 1.0)))
   train_seconds = time.time() - t0
   meta = {"recipe": r.to_json(), "encoder_init": str(enc_folder), "train_seconds": train_seconds,

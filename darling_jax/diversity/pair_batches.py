@@ -9,8 +9,9 @@ batch:
   bi mode:    row r = `[CLS] w [SEP]` for each window w (up to `windows` consecutive runs of
               `max_tokens` tokens) of each answer that some model-scored pair needs.
 
-Each answer is truncated to its first `max_tokens` tokens on its own (as the reference does, 128
-per response), so a long first answer never crowds out the second.
+Each answer is first cut to `max_words` whitespace words (answer_length.cut_words), then to its
+first `max_tokens` tokens on its own; with `pair_tokens`, a cross row then keeps that many answer
+tokens in all, longest first (the HF tokenizers' rule, answer_length.longest_first).
 
 Axis letters: B groups, G answers per group, P rows (pairs or answer windows), L row length,
 A answers (bi mode bags), T bag length.
@@ -24,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from darling_jax.diversity.answer_length import cut_words, longest_first
 from darling_jax.diversity.short_rule import short_rule_matrix
 from darling_jax.errors import InputError
 from darling_jax.models.encoders import EncoderTokenizer
@@ -124,6 +126,8 @@ def build_rows(
     row_multiple: int = 1,
     windows: int = 1,
     bag_tokens: int = 0,
+    max_words: int | None = None,
+    pair_tokens: int | None = None,
 ) -> PairRows:
   """Tokenises B groups of G answers into the padded rows one jitted scoring call consumes.
 
@@ -140,6 +144,8 @@ def build_rows(
     windows: bi mode: each answer contributes up to this many rows, consecutive windows of
       `max_tokens` tokens (the scorer averages their embeddings).
     bag_tokens: bi mode: tokens per answer in its lexical bag (0: bags hold no tokens).
+    max_words: each answer is first cut to this many whitespace words (None: no word cut).
+    pair_tokens: cross mode: a row keeps at most this many answer tokens, longest first.
   """
   B, G = _check_groups(groups)
   if short_rule_words is None:
@@ -149,14 +155,18 @@ def build_rows(
     applies, verdict = short_rule_matrix(groups, short_rule_words)
   iu, ju = np.triu_indices(G, k=1)
   needed = [(b, i, j) for b in range(B) for i, j in zip(iu, ju) if not applies[b, i, j]]
-  flat = [t for grp in groups for t in grp]
+  flat = [cut_words(t, max_words) for grp in groups for t in grp]
   if cross:
     ids = tokenizer.encode(flat, max_tokens)
     rows, types, where = [], [], []
     for b, i, j in needed:
       orders = ((i, j), (j, i)) if symmetric else ((i, j),)
       for x, y in orders:
-        r, t = tokenizer.pair(ids[b * G + x], ids[b * G + y])
+        a, c = ids[b * G + x], ids[b * G + y]
+        if pair_tokens is not None:
+          na, nc = longest_first(len(a), len(c), pair_tokens)
+          a, c = a[:na], c[:nc]
+        r, t = tokenizer.pair(a, c)
         rows.append(r)
         types.append(t if tokenizer.uses_token_type_ids else [0] * len(t))
         where.append((b, x, y))

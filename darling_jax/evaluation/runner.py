@@ -75,11 +75,15 @@ class EvalConfig:
     quality: quality function name (darling_jax.rewards.BUILTINS); None: the dataset's (math) or
       none (novelty: u_i = 1).
     equivalence: novelty pair scorer ("exact": case/whitespace-insensitive equality).
-    classifier: with equivalence "classifier": a `darling-jax classifier train` folder, or
-      "default" (the project's default classifier, trained on first use).
+    classifier: with equivalence "classifier": a `darling-jax classifier train` folder, a HF
+      *ForSequenceClassification folder with a 2-way head, or "default" (the project's default
+      classifier, trained on first use).
     threshold: novelty equivalence threshold (pairs with p > threshold are equivalent); None: the
       classifier's calibrated threshold, 0.5 for "exact".
-    patience: novelty utility patience p.
+    answer_max_words / answer_max_tokens: the classifier's per-answer cut (None: its folder's;
+      default (max_length - 3) // 2 words; NoveltyBench's DeBERTa: 128 tokens).
+    symmetric: classifier: average both orders of each pair.
+    patience: novelty utility patience p (NoveltyBench: 0.8; 1.0 weighs every position equally).
     maj: compute maj@k for math.
     save_completions: keep every completion in results.jsonl (N per problem: large at N = 256).
     skip_malformed: skip (and count) malformed dataset records instead of failing.
@@ -107,6 +111,9 @@ class EvalConfig:
   equivalence: Equivalence | str = Equivalence.EXACT
   classifier: str | None = None
   threshold: float | None = None
+  answer_max_words: int | None = None  # classifier input per answer (diversity/answer_length.py)
+  answer_max_tokens: int | None = None
+  symmetric: bool = False  # classifier: average both orders of each pair (default: i < j once)
   patience: float = 0.8
   maj: bool = True
   save_completions: bool = True
@@ -171,6 +178,9 @@ def run_eval(config: EvalConfig, *, generate: GenerateFn | None = None, model: A
   temperature = defaults["temperature"] if config.temperature is None else config.temperature
   top_p = defaults["top_p"] if config.top_p is None else config.top_p
 
+  # The classifier first: a bad folder, threshold or answer length fails before any sampling.
+  scorer = (_novelty_scorer(config) if spec.task is Task.OPEN_ENDED
+            and config.equivalence is Equivalence.CLASSIFIER else None)
   if model is None or tokenizer is None:
     from darling_jax.models.loading import load_model
 
@@ -195,7 +205,7 @@ def run_eval(config: EvalConfig, *, generate: GenerateFn | None = None, model: A
       records, summary = _math(config, spec, examples, prompts, columns, completions, lengths,
                                out_dir)
     case Task.OPEN_ENDED:
-      records, summary = _novelty(config, examples, prompts, columns, completions)
+      records, summary = _novelty(config, examples, prompts, columns, completions, scorer)
   for record, ex, prompt in zip(records, examples, prompts):
     record.update(source=ex.row.source, prompt=prompt, extra=dict(ex.row.extra))
   summary.update(
@@ -239,7 +249,19 @@ def _math(config, spec, examples, prompts, columns, completions, lengths, out_di
   return result.per_problem, summary
 
 
-def _novelty(config, examples, prompts, columns, completions):
+def _novelty_scorer(config):
+  if not config.classifier:
+    raise InputError("--classifier", "the classifier equivalence needs a classifier folder "
+                     "(or 'default')")
+  from darling_jax.diversity.pair_scoring import load_scorer
+  from darling_jax.train.components import resolve_classifier
+
+  return load_scorer(resolve_classifier(config.classifier), threshold=config.threshold,
+                     symmetric=config.symmetric or None, answer_max_words=config.answer_max_words,
+                     answer_max_tokens=config.answer_max_tokens, length_source="--")
+
+
+def _novelty(config, examples, prompts, columns, completions, scorer=None):
   from darling_jax.evaluation.novelty import evaluate_novelty, exact_match_equivalence
   from darling_jax.rewards import builtin
 
@@ -249,17 +271,9 @@ def _novelty(config, examples, prompts, columns, completions):
       equivalence = exact_match_equivalence
       threshold = 0.5 if threshold is None else threshold
     case Equivalence.CLASSIFIER:
-      if not config.classifier:
-        raise InputError("--classifier", "the classifier equivalence needs a classifier folder "
-                         "(or 'default')")
-      from darling_jax.diversity.classifier_io import load_classifier
-      from darling_jax.diversity.pair_scoring import PairScorer, scoring_mesh
-      from darling_jax.train.components import resolve_classifier
-
-      clf, tok, _ = load_classifier(resolve_classifier(config.classifier))
-      scorer = PairScorer(clf, tok, mesh=scoring_mesh())
+      scorer = scorer or _novelty_scorer(config)
       equivalence = lambda _prompts, gens: scorer(gens)  # noqa: E731
-      threshold = float(clf.config.threshold) if threshold is None else threshold
+      threshold = scorer.threshold
   quality = builtin(config.quality) if config.quality else None
   try:
     result = evaluate_novelty(prompts, completions, equivalence=equivalence,

@@ -1,7 +1,8 @@
 """Builds a run's parts from its TrainConfig: policy, reference, tokenizer, data, scorers.
 
 Everything is placed on the one mesh: the policy by DEFAULT_RULES (FSDP + tensor parallel), the
-frozen reference the same way, the classifier by CLASSIFIER_RULES (replicated weights).
+frozen reference the same way, an encoder classifier by CLASSIFIER_RULES (replicated weights), a
+decoder classifier by DEFAULT_RULES over the host's devices (FSDP, not replicated).
 """
 
 from __future__ import annotations
@@ -214,13 +215,15 @@ def build_diversity(config: TrainConfig) -> DiversityScorer | None:
     return DiversityScorer(DiversitySource.NGRAM, ngram=dc.ngram)
   if not uses and not dc.measure_when_unused:
     return None
-  from darling_jax.diversity.classifier_io import load_classifier
-  from darling_jax.diversity.pair_scoring import PairScorer, scoring_mesh
+  from darling_jax.diversity.pair_scoring import load_scorer
 
-  clf, tok, _ = load_classifier(resolve_classifier(dc.classifier))
-  # Each host scores its own groups with the pair rows split over its local devices.
-  return DiversityScorer(DiversitySource.CLASSIFIER, PairScorer(clf, tok, mesh=scoring_mesh()),
-                         threshold=float(clf.config.threshold))
+  # Each host scores its own groups on its local devices: an encoder's rows split over them
+  # (weights replicated); a decoder classifier's weights FSDP-sharded over them, like the policy.
+  # An answer length the classifier cannot hold fails here, naming the diversity.* field.
+  scorer = load_scorer(resolve_classifier(dc.classifier), symmetric=dc.symmetric,
+                       answer_max_words=dc.answer_max_words,
+                       answer_max_tokens=dc.answer_max_tokens, length_source="diversity")
+  return DiversityScorer(DiversitySource.CLASSIFIER, scorer, threshold=scorer.threshold)
 
 
 def trainable_and_frozen(config: TrainConfig, model: Decoder) -> tuple[Any, Any, Any]:

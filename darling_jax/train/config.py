@@ -79,14 +79,25 @@ class DiversitySource(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class DiversityConfig:
   source: DiversitySource = DiversitySource.CLASSIFIER
-  classifier: str = ""  # a `darling-jax classifier train` output folder
-  symmetric: bool = False  # cross-encoder only: average both pair orders
+  classifier: str = ""  # a `darling-jax classifier train` output or HF *ForSequenceClassification
+  symmetric: bool = False  # cross-encoder: average both pair orders (False: i < j once, as the ref)
+  # Per-answer classifier input, replacing the folder's cut (diversity/answer_length.py); both
+  # None: the folder's (default: (max_length - 3) // 2 whitespace words per answer).
+  answer_max_words: int | None = None
+  answer_max_tokens: int | None = None
   measure_when_unused: bool = True  # GRPO runs still log classifier diversity (costs its time)
   ngram: int = 4
   classifier_params: int = 0  # for `plan` when the classifier folder is not on this machine
 
   def __post_init__(self):
     object.__setattr__(self, "source", parse_enum(DiversitySource, self.source, "diversity.source"))
+    if self.answer_max_words is not None and self.answer_max_tokens is not None:
+      raise InputError("diversity.answer_max_words", "set answer_max_words or answer_max_tokens, "
+                       "not both")
+    for name in ("answer_max_words", "answer_max_tokens"):
+      v = getattr(self, name)
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise InputError(f"diversity.{name}", f"must be a positive integer or None, got {v!r}")
     if self.source is DiversitySource.CLASSIFIER and not self.classifier:
       raise InputError("diversity.classifier", "the classifier source needs a trained classifier "
                        "folder (darling-jax classifier train --out DIR)")

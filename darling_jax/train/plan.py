@@ -9,7 +9,9 @@ Terms (bytes on the busiest device):
   gradients    one accumulation buffer, sharded like the params
   reference    a second copy of the params when beta > 0 (none with LoRA: the base is the ref)
   kv_cache     the sampler's cache + decode buffers (sampling/memory.py; SAMPLING_RULES)
-  classifier   its weights, replicated (CLASSIFIER_RULES)
+  classifier   its weights in float32: an encoder's replicated (CLASSIFIER_RULES); a decoder
+               classifier's (Qwen3/Llama *ForSequenceClassification) FSDP-sharded like the policy
+               over every device of the plan (one host: the scorer shards over local devices)
   activations  the update's saved activations per micro-batch:
                L * S * T * (A_D * D + A_F * F / tp) * act_bytes + L * 3 * S * (N / tp) * T^2 * 4
                (with remat: L * S * T * D * act_bytes + one layer's worth), plus the LM-head chunk
@@ -137,14 +139,39 @@ def classifier_params(config: TrainConfig) -> int:
 
   if name == "default":
     return KNOWN_CLASSIFIERS["minilm"]
-  hf = pathlib.Path(dc.classifier) / "hf" / "model.safetensors"
-  if hf.exists():
+  hf = _classifier_hf(pathlib.Path(dc.classifier))
+  if hf is not None:
     from darling_jax.models.safetensors_io import SafetensorsFolder
 
-    st = SafetensorsFolder(hf.parent)
+    st = SafetensorsFolder(hf)
     return sum(math.prod(st.shape_of(k)) for k in st)
   raise InputError("diversity.classifier", f"{dc.classifier!r}: not a classifier folder nor one "
                    f"of {sorted(KNOWN_CLASSIFIERS)}")
+
+
+def _classifier_hf(folder) -> Any:
+  """The HF weights folder of a classifier: its hf/ export, or the folder itself (a plain HF
+  *ForSequenceClassification folder); None if neither holds safetensors."""
+  for hf in (folder / "hf", folder):
+    if (hf / "model.safetensors").exists() or (hf / "model.safetensors.index.json").exists():
+      return hf
+  return None
+
+
+def classifier_is_sharded(config: TrainConfig) -> bool:
+  """A decoder classifier (weights FSDP-sharded, not replicated); known names by their family."""
+  dc = config.diversity
+  name = dc.classifier.lower()
+  if name.startswith("qwen3-embedding"):
+    return True
+  import pathlib
+
+  hf = _classifier_hf(pathlib.Path(dc.classifier))
+  if hf is None or not (hf / "config.json").exists():
+    return False
+  from darling_jax.models import encoders
+
+  return encoders.is_decoder_family(encoders.read_hf_config(hf).get("model_type"))
 
 
 def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None = None,
@@ -173,7 +200,10 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
   est = estimate_bytes(cfg, config.sampler, config.data.batch_size, config.data.max_prompt_tokens,
                        mesh=mesh, rules=SAMPLING_RULES)
   terms["kv_cache"] = est.per_device
-  terms["classifier"] = classifier_params(config) * 4
+  clf_bytes = classifier_params(config) * 4
+  if clf_bytes and classifier_is_sharded(config):
+    clf_bytes = -(-clf_bytes // math.prod(mesh.shape.values()))
+  terms["classifier"] = clf_bytes
   # update activations
   M, U = config.update.split(config.data.batch_size)
   S_global = config.data.batch_size // (M * U) * config.sampler.num_samples

@@ -55,3 +55,13 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
   rc = cli.main(["classifier", "train", "--pairs", str(pairs), "--out", str(tmp_path / "o"),
                  "--recipe", "nope"])
   assert rc == 2 and "unknown recipe" in capsys.readouterr().err
+
+
+def test_threshold_outside_unit_interval_is_refused(tmp_path, capsys):
+  pairs = _write_pairs(tmp_path / "pairs.jsonl", n=4)
+  rc = cli.main(["classifier", "train", "--pairs", str(pairs), "--out", str(tmp_path / "o"),
+                 "--threshold", "1.5"])
+  assert rc == 2 and "--threshold: must be a number in [0, 1]" in capsys.readouterr().err
+  rc = cli.main(["classifier", "eval", "--checkpoint", str(tmp_path), "--pairs", str(pairs),
+                 "--threshold", "-0.2"])
+  assert rc == 2 and "--threshold" in capsys.readouterr().err

@@ -137,7 +137,7 @@ def test_novelty_with_a_learned_classifier(tmp_path):
       "tiny_classifier", pathlib.Path(__file__).resolve().parents[1] / "diversity/tiny_classifier.py")
   tiny = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny)
-  clf = tiny.classifier(PairMode.BI, threshold=0.5)
+  clf = tiny.classifier(PairMode.BI, threshold=0.5, max_tokens=16)  # windows fit 64 positions
   tok_folder = tiny.write_encoder_folder(tmp_path / "enc")
   folder = save_classifier(clf, tok_folder, tmp_path / "clf", {})
   rows, _ = read_jsonl(SHARED / "noveltybench/curated.jsonl",

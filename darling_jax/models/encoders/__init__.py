@@ -26,7 +26,9 @@ THE ENCODER CONTRACT. Every family module `darling_jax.models.encoders.<family>`
   `export(model, folder)`  writes config.json + safetensors that `transformers` reloads (the
      family's *Model or *ForSequenceClassification class) to the same numbers.
 
-Adding a family: write the module, then add its HF `model_type` to `FAMILIES` below.
+Adding a family: write the module, then add its HF `model_type` to `FAMILIES` below. Decoder
+classifiers (decoder_classifier.py: Qwen3 / Qwen2 / Llama *ForSequenceClassification) follow the
+same contract with their own pair tokenizer (`a [SEP] b [EOS]`) and policy-style sharding.
 
 The tokenizer side is family-independent: `EncoderTokenizer` wraps a HF `tokenizer.json`, encodes
 texts without special tokens (so each answer is truncated on its own) and builds the single
@@ -53,6 +55,10 @@ FAMILIES: dict[str, str] = {
     "bert": "bert",
     "modernbert": "modernbert",
     "deberta-v2": "deberta",
+    # Decoder pair classifiers (*ForSequenceClassification): cross mode, weights sharded (FSDP).
+    "qwen3": "decoder_classifier",
+    "qwen2": "decoder_classifier",
+    "llama": "decoder_classifier",
 }
 
 # Families whose checkpoints have a token type (segment) embedding the pair layout should feed.
@@ -71,6 +77,20 @@ def family(model_type: str) -> ModuleType:
     raise InputError("config.json model_type",
                      f"unsupported encoder {model_type!r}; supported: {sorted(FAMILIES)}")
   return importlib.import_module(f"darling_jax.models.encoders.{FAMILIES[model_type]}")
+
+
+def is_decoder_family(model_type: str | None) -> bool:
+  """A decoder classifier (last-token pooling, `a [SEP] b [EOS]` rows, sharded weights)."""
+  return FAMILIES.get(model_type or "") == "decoder_classifier"
+
+
+def tokenizer_from_folder(folder: str | os.PathLike, model_type: str):
+  """The family's pair tokenizer: EncoderTokenizer, or DecoderPairTokenizer for decoders."""
+  if is_decoder_family(model_type):
+    from darling_jax.models.encoders.decoder_classifier import DecoderPairTokenizer
+
+    return DecoderPairTokenizer.from_folder(folder, model_type)
+  return EncoderTokenizer.from_folder(folder, model_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +148,11 @@ class EncoderTokenizer:
     encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
     return [e.ids[:max_tokens] for e in encs]
 
+  @property
+  def pair_overhead(self) -> int:
+    """Special tokens in a pair row."""
+    return 3
+
   def single(self, ids: Sequence[int]) -> list[int]:
     """`[CLS] a [SEP]`."""
     return [self.cls_id, *ids, self.sep_id]
@@ -146,7 +171,8 @@ def load_encoder(path: str | os.PathLike, dtype=jnp.float32, mesh=None, rules=No
     path: HF model folder (config.json, safetensors, tokenizer.json).
     dtype: parameter dtype (float32, or bfloat16 for accelerators).
     mesh: where to place the weights (default: first device).
-    rules: logical-axis rules (default: CLASSIFIER_RULES, replicated weights).
+    rules: logical-axis rules (default: the family's DEFAULT_LOAD_RULES if it has them, e.g.
+      decoders shard like the policy; else CLASSIFIER_RULES, replicated weights).
   """
   from darling_jax.sharding.rules import CLASSIFIER_RULES
 
@@ -155,8 +181,9 @@ def load_encoder(path: str | os.PathLike, dtype=jnp.float32, mesh=None, rules=No
   if model_type is None:
     raise InputError(pathlib.Path(path) / "config.json", "has no model_type field")
   module = family(model_type)
-  model = module.load(path, dtype=dtype, mesh=mesh, rules=rules or CLASSIFIER_RULES)
-  return model, EncoderTokenizer.from_folder(path, model_type)
+  rules = rules or getattr(module, "DEFAULT_LOAD_RULES", CLASSIFIER_RULES)
+  model = module.load(path, dtype=dtype, mesh=mesh, rules=rules)
+  return model, tokenizer_from_folder(path, model_type)
 
 
 def default_encoder_path() -> pathlib.Path:
