@@ -125,13 +125,20 @@ def get_topology(name: str):
   if not re.fullmatch(r"v[0-9][a-z]*:[0-9]+(x[0-9]+)+", name):
     raise InputError("--topology", f"{name!r} is not a topology name CHIP:AxB[xC] "
                      "(e.g. v5e:2x2, v5p:2x2x2, v6e:4x8)")
+  import os
+
+  # Deviceless compilation never opens a chip, so several processes (parallel tests, a compile
+  # beside a notebook) may load libtpu at once; without this the second one aborts on its lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
 
   try:
     return topologies.get_topology_desc(topology_name=name, platform="tpu")
-  except Exception as e:  # the runtime's own error type; a name it does not know
-    raise InputError("--topology", f"unknown topology {name!r} "
-                     f"({str(e).splitlines()[0]})") from None
+  except Exception as e:  # pylint: disable=broad-except  # the runtime's own error type
+    first = str(e).splitlines()[0]
+    if "lockfile" in first:
+      raise InputError("libtpu", first) from None
+    raise InputError("--topology", f"unknown topology {name!r} ({first})") from None
 
 
 def parse_refusal(message: str) -> tuple[int | None, int | None]:
