@@ -59,11 +59,12 @@ class ProgramReport:
     if self.not_shaped:
       out["not_shaped"] = self.not_shaped
       return out
+    if self.refused:  # the compiler stops at the first over-budget allocation: no breakdown
+      out.update(bytes_per_device=self.total, refused=self.refused)
+      return out
     out.update(bytes_per_device=self.total, argument_bytes=self.argument,
                output_bytes=self.output, alias_bytes=self.alias, temp_bytes=self.temp,
                flops_scan_bodies_once=self.flops)
-    if self.refused:
-      out["refused"] = self.refused
     return out
 
 
@@ -234,7 +235,8 @@ def compile_step(config: TrainConfig, topology: str,
   from darling_jax.train import programs
 
   mesh = make_mesh(config.mesh, devices=devices)
-  local = [d for d in devices if d.process_index == devices[0].process_index]
+  local = _host_devices(topology, devices, sum(d.process_index == 0 for d in devices))
+  one_device = _host_devices(topology, devices, 1)
   hbm = chip_hbm(devices)
   say = progress or (lambda _msg: None)
   Pn, N = config.data.max_prompt_tokens, config.sampler.max_new_tokens
@@ -244,8 +246,7 @@ def compile_step(config: TrainConfig, topology: str,
   params = programs.abstract(params, _policy_shardings(params, mesh))
   update_cfg = dataclasses.replace(config.update, temperature=config.sampler.temperature)
   clf = shapes.abstract_classifier(config)
-  if clf is not None and clf.config is not None and config.update.reward.fusion.mode.value != \
-      "quality_only":
+  if clf is not None and clf.config is not None:  # the folder's calibrated tau, as in train
     update_cfg = dataclasses.replace(update_cfg, reward=dataclasses.replace(
         update_cfg.reward, threshold=clf.config.threshold))
   trainable, frozen = _trainable_and_frozen(config, params)
@@ -278,7 +279,7 @@ def compile_step(config: TrainConfig, topology: str,
     # As the trainer loads it (quality.reward_model, no mesh): on one device of each host. The
     # longest sequence: prompt + response + a chat template's tokens (64 assumed).
     return programs.reward_program(rm.graphdef, rm.state, RewardModelQualityConfig(), b * G,
-                                   Pn + N + 64, single_device_mesh(local[0]))
+                                   Pn + N + 64, single_device_mesh(one_device[0]))
 
   ref_params = frozen if frozen is not None else trainable
   use_ref = update_cfg.kl.beta > 0
@@ -291,11 +292,11 @@ def compile_step(config: TrainConfig, topology: str,
                             note=f"{B * G} sequences of {Pn} + {N} tokens")
 
   def _batch(reference: bool):
-    div = config.diversity.source
-    uses = clf is not None and not clf.reason
+    # As collect fills it: equivalence probabilities whenever build_diversity loads a classifier
+    # (their shape does not depend on which one), n-gram diversity with that source.
     return programs.update_batch_inputs(
-        mesh, B, G, Pn, N, equiv=div is DiversitySource.CLASSIFIER and uses,
-        diversity=div is DiversitySource.NGRAM, reference=reference)
+        mesh, B, G, Pn, N, equiv=clf is not None,
+        diversity=config.diversity.source is DiversitySource.NGRAM, reference=reference)
 
   def update():
     state = programs.abstract_train_state(tx, trainable, mesh)
@@ -321,6 +322,19 @@ def compile_step(config: TrainConfig, topology: str,
     reports.append(compile_program(build, name, hbm))
   return CompileReport(topology=topology, chips=len(devices), hosts=hosts,
                        mesh=dict(zip(AXES, sizes)), hbm=hbm, programs=reports)
+
+
+def _host_devices(topology: str, devices: list, n: int) -> list:
+  """`n` chips of the same kind for a per-host program: the slice itself when it has n chips,
+  else a slice of n chips of its own (the TPU compiler refuses device assignments that are part
+  of a larger v5e / v6e slice: "limited ICI routing")."""
+  if n == len(devices):
+    return devices
+  chip = topology.split(":")[0]
+  shape = {1: "1x1", 2: "1x2", 4: "2x2", 8: "2x4"}.get(n)
+  if shape is None:
+    return devices[:n]
+  return list(get_topology(f"{chip}:{shape}").devices)
 
 
 def _policy_shardings(params, mesh):

@@ -96,8 +96,11 @@ def _classifier_from_recipe(model_type: str, recipe_name: str, threshold: float)
 
 def abstract_classifier(config: TrainConfig) -> Shaped | None:
   """The PairClassifier `build_diversity` would load (None: the run uses no classifier)."""
+  from darling_jax.rl.fusion import Fusion
+
   dc = config.diversity
-  if dc.source is not DiversitySource.CLASSIFIER:
+  uses = config.update.reward.fusion.mode is not Fusion.QUALITY_ONLY
+  if dc.source is not DiversitySource.CLASSIFIER or not (uses or dc.measure_when_unused):
     return None
   from darling_jax.diversity.classifier import ClassifierConfig, PairClassifier, PairMode
   from darling_jax.models import encoders
