@@ -21,7 +21,7 @@ from darling_jax.train.config import (DataConfig, DiversityConfig, DiversitySour
 
 def get_config() -> TrainConfig:
   return TrainConfig(
-      policy=PolicyConfig(path="demo-policy"),
+      policy=PolicyConfig(path="demo-policy", architecture="demo_policy"),
       data=DataConfig(dataset="demo", prompt_field="prompt", answer_field="request",
                       prompt_template="plain",
                       batch_size=8, max_prompt_tokens=96),

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "eval": "evaluate",
     "classifier": "classifier",
     "plan": "plan",
+    "compile": "compile",
     "demo": "demo",
 }
 

@@ -198,6 +198,14 @@ class DecoderConfig:
                tie_word_embeddings=True)
 
   @classmethod
+  def demo_policy(cls) -> "DecoderConfig":
+    """The demo's pre-trained policy (darling_jax/demo/pretrain.py: 640-token BPE, 2 layers)."""
+    return cls(family=Family.LLAMA, vocab_size=640, hidden_size=64, intermediate_size=192,
+               num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=256,
+               eos_token_ids=(1,))
+
+  @classmethod
   def smollm2_135m(cls) -> "DecoderConfig":
     """HuggingFaceTB/SmolLM2-135M-Instruct."""
     return cls(family=Family.LLAMA, vocab_size=49152, hidden_size=576, intermediate_size=1536,

@@ -222,7 +222,17 @@ def _rollout(graphdef, params, prompt_ids_BxP, prompt_mask_BxP, key, *, cfg: Sam
   )
 
 
-_rollout_jit = jax.jit(_rollout, static_argnames=("graphdef", "cfg", "pad_id", "mesh", "rules"))
+rollout_jit = jax.jit(_rollout, static_argnames=("graphdef", "cfg", "pad_id", "mesh", "rules"))
+_rollout_jit = rollout_jit  # the name tests read the compile cache through
+
+
+def input_shardings(params: nnx.State, mesh: Mesh, rules: LogicalRules,
+                    prompt_shape: tuple[int, int]) -> tuple[nnx.State, NamedSharding, NamedSharding]:
+  """Where `sample` puts (params, prompt ids/mask [B, P], key) before the rollout program runs:
+  params by `rules` (tensor parallel, no FSDP), prompts over the batch axes, the key replicated."""
+  batch = NamedSharding(mesh, logical_to_spec(("batch", "length"), rules, mesh, prompt_shape))
+  return (state_shardings(params, mesh, rules), batch,
+          NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def _check_prompts(ids: np.ndarray, mask: np.ndarray, vocab: int, cfg: SamplerConfig,
@@ -276,11 +286,11 @@ def sample(
   check_fits(est, cfg, B, P, mesh=mesh, limit_bytes=memory_limit_bytes)
   ids, mask = jnp.asarray(ids_np, jnp.int32), jnp.asarray(mask_np, bool)
   if mesh is not None:
-    params = jax.device_put(params, state_shardings(params, mesh, rules))
-    batch = NamedSharding(mesh, logical_to_spec(("batch", "length"), rules, mesh, ids.shape))
+    params_sh, batch, key_sh = input_shardings(params, mesh, rules, ids.shape)
+    params = jax.device_put(params, params_sh)
     ids, mask = jax.device_put(ids, batch), jax.device_put(mask, batch)
-    key = jax.device_put(key, NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  return _rollout_jit(graphdef, params, ids, mask, key, cfg=cfg, pad_id=int(pad_id), mesh=mesh,
+    key = jax.device_put(key, key_sh)
+  return rollout_jit(graphdef, params, ids, mask, key, cfg=cfg, pad_id=int(pad_id), mesh=mesh,
                       rules=rules)
 
 

@@ -17,15 +17,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from darling_jax.errors import InputError
 from darling_jax.rl.lora import merge_lora
-from darling_jax.rl.state import TrainState, UpdateBatch
-from darling_jax.rl.update import make_update_step, policy_logprobs
 from darling_jax.sampling.text import stop_ids_for
 from darling_jax.sharding.mesh import make_mesh
-from darling_jax.train import components
+from darling_jax.train import components, programs
 from darling_jax.train.checkpoint import Checkpointer, abstract_like
 from darling_jax.train.config import DiversitySource, TrainConfig
 from darling_jax.train.effective import effective_config
@@ -44,34 +41,6 @@ class TrainResult:
   terminated: bool  # stopped by SIGTERM (checkpoint saved)
   last_metrics: dict[str, Any]
   workdir: pathlib.Path
-
-
-def _logprobs_fn(graphdef, temperature: float, chunk: int):
-  """Jitted (params, batch) -> log pi(response tokens) [B, G, N] at the sampling temperature."""
-
-  @jax.jit
-  def fn(params, batch: UpdateBatch):
-    B, G, N = batch.response_ids.shape
-    logp, _ = policy_logprobs(
-        graphdef, params, jnp.repeat(batch.prompt_ids, G, 0), jnp.repeat(batch.prompt_mask, G, 0),
-        batch.response_ids.reshape(B * G, N), batch.response_mask.reshape(B * G, N),
-        temperature=temperature, chunk=chunk, with_entropy=False)
-    return logp.reshape(B, G, N)
-
-  return fn
-
-
-def _on_mesh(tree: Any, replicated: NamedSharding) -> Any:
-  """Puts leaves not yet laid out on the mesh (scalars, optimizer counters) there, replicated, so
-  the jitted step sees the same shardings on every call."""
-
-  def one(x):
-    sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == replicated.mesh:
-      return x
-    return jax.device_put(x, replicated)
-
-  return jax.tree.map(one, tree)
 
 
 def train(config: TrainConfig, *, progress: bool = True,
@@ -99,7 +68,6 @@ def train(config: TrainConfig, *, progress: bool = True,
 def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
            allow_config_change: bool) -> TrainResult:
   mesh = make_mesh(config.mesh)
-  replicated = NamedSharding(mesh, P())
   model, tokenizer = components.build_policy(config, mesh)
   stop_ids = tuple(dict.fromkeys((*config.sampler.stop_ids, *stop_ids_for(model, tokenizer))))
   graphdef, trainable, frozen = components.trainable_and_frozen(config, model)
@@ -112,21 +80,18 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
   if learned:
     diversity = dataclasses.replace(diversity, threshold=config.update.reward.threshold)
   sampler_cfg, update_cfg = config.sampler, config.update
-  logprobs_fn = _logprobs_fn(graphdef, update_cfg.temperature, update_cfg.logprob_chunk)
+  # log pi at the sampling temperature: the KL reference's, and pi_old when it is recomputed.
+  logprobs_fn = programs.build_reference_program(graphdef, update_cfg.temperature,
+                                                 update_cfg.logprob_chunk, mesh)
   ref_fn = None
   if update_cfg.kl.beta > 0:
     ref_params = frozen if frozen is not None else jax.tree.map(jnp.copy, trainable)
     ref_fn = lambda batch: logprobs_fn(ref_params, batch)  # noqa: E731
   tx = config.optim.build()
-  state = _on_mesh(TrainState(step=jnp.int32(0), params=trainable,
-                              opt_state=jax.jit(tx.init)(trainable),
-                              rng=jax.random.PRNGKey(config.seed)), replicated)
-  # Pinned in/out shardings: the donated state comes back laid out exactly as it went in, so the
-  # step compiles once (otherwise step 1 sees new layouts and recompiles).
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
-  update_fn = jax.jit(make_update_step(graphdef, tx, update_cfg, mesh=mesh), donate_argnums=0,
-                      in_shardings=(state_sh, None, frozen_sh), out_shardings=(state_sh, None))
+  # The same builders `darling-jax compile` lowers (train/programs.py): one code path.
+  state, state_sh = programs.init_train_state(tx, trainable, config.seed, mesh)
+  frozen_sh = None if frozen is None else programs.shardings_of(frozen)
+  update_fn = programs.build_update_program(graphdef, tx, update_cfg, mesh, state_sh, frozen_sh)
   merge = jax.jit(lambda base, adapters: merge_lora(base, adapters, update_cfg.lora))
 
   data_iter, _ = components.build_data(config, tokenizer, config.data.split)
