@@ -107,7 +107,8 @@ def cudnn_call_args(q_seg_BxT: Array | None, kv_seg_BxS: Array | None, causal: b
   """
   if q_seg_BxT is None and kv_seg_BxS is None and (not causal or S == T):
     return {"mask": None, "is_causal": causal}
-  B = (q_seg_BxT if q_seg_BxT is not None else kv_seg_BxS).shape[0]
+  given = q_seg_BxT if q_seg_BxT is not None else kv_seg_BxS
+  B = 1 if given is None else given.shape[0]  # no segments: one [1, 1, T, S] causal mask
   q_seg = jnp.ones((B, T), jnp.int32) if q_seg_BxT is None else q_seg_BxT
   kv_seg = jnp.ones((B, S), jnp.int32) if kv_seg_BxS is None else kv_seg_BxS
   causal_in_mask = causal and S != T
@@ -141,7 +142,7 @@ def _splash_local(q, k, v, q_seg, kv_seg, causal):
 
   B, T, N, H = q.shape
   S = k.shape[1]
-  head_mask = (sm.CausalMask((T, S), offset=S - T) if causal else sm.FullMask((T, S)))
+  head_mask = sm.CausalMask((T, S)) if causal else sm.FullMask((T, S))
   # The MHA kernel maps query head n to kv head n // (N // K) itself, so GQA needs no K/V repeat.
   kernel = sk.make_splash_mha(sm.MultiHeadMask([head_mask] * N), head_shards=1, q_seq_shards=1,
                               block_sizes=sk.BlockSizes.get_default(),
@@ -156,12 +157,20 @@ def _splash_local(q, k, v, q_seg, kv_seg, causal):
 def _splash(q, k, v, q_seg, kv_seg, causal, mesh, batch_axes, head_axis):
   B, T, N, H = q.shape
   S, K = k.shape[1], k.shape[2]
-  Tp, Sp = -(-T // SPLASH_BLOCK) * SPLASH_BLOCK, -(-S // SPLASH_BLOCK) * SPLASH_BLOCK
+  front = 0
+  if causal and S != T:
+    if S < T:
+      raise InputError("attention", f"causal splash needs S >= T, got T={T}, S={S}")
+    # CausalMask(offset=S - T) gave wrong outputs in interpret mode (jax 0.10.2); prepending
+    # S - T invisible queries aligns the diagonal with offset 0 instead (prefill has S = T).
+    front = S - T
+  Tp, Sp = (-(-n // SPLASH_BLOCK) * SPLASH_BLOCK for n in (front + T, S))
   # Padding takes segment id 0: padded keys are invisible to real queries; padded (and all
   # segment-0) queries see only segment-0 keys, never an empty row, and are zeroed below.
-  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-  q_seg_p, kv_seg_p = pad(q_seg, Tp - T), pad(kv_seg, Sp - S)
-  args = (pad(q, Tp - T), pad(k, Sp - S), pad(v, Sp - S), q_seg_p, kv_seg_p)
+  pad = lambda x, a, b: jnp.pad(x, [(0, 0), (a, b)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+  back_q = Tp - T - front
+  args = (pad(q, front, back_q), pad(k, 0, Sp - S), pad(v, 0, Sp - S), pad(q_seg, front, back_q),
+          pad(kv_seg, 0, Sp - S))
   local = lambda *a: _splash_local(*a, causal)  # noqa: E731
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
@@ -173,7 +182,7 @@ def _splash(q, k, v, q_seg, kv_seg, causal, mesh, batch_axes, head_axis):
     act, seg = P(b, None, h, None), P(b, None)
     local = jax.shard_map(local, mesh=mesh, in_specs=(act, act, act, seg, seg), out_specs=act,
                           check_vma=False)
-  out = local(*args)[:, :T]
+  out = local(*args)[:, front:front + T]
   return jnp.where((q_seg > 0)[:, :, None, None], out, 0).astype(q.dtype)
 
 
