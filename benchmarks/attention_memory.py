@@ -10,6 +10,12 @@ statistic per query and head (the logsumexp), i.e. temp floor = 2 * T*N*H*2 + T*
 script prints each backend's temporaries as a multiple of it.
 
   python benchmarks/attention_memory.py [--T 2048 8192 16384]
+  python benchmarks/attention_memory.py --tpu v5p:2x2x1   # + splash, TPU compiler (needs libtpu)
+
+With --tpu, everything is compiled by the real TPU compiler for that topology (no TPU needed: see
+environment.md) over a (data=2, tensor=rest) mesh, batch = one sequence per data shard, and the
+numbers are per device (each holds N/tensor query heads); splash (Mosaic kernel, in shard_map)
+joins einsum and blockwise.
 
 Last stdout line: one JSON object with T, einsum/blockwise temp bytes, the floor and the ratios.
 """
@@ -23,18 +29,29 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from darling_jax.models.attention import attention
 
 N, K, H = 32, 8, 128  # Qwen3-4B
 
 
-def temp_bytes(impl: str, T: int, block: int) -> int:
-  q = jax.ShapeDtypeStruct((1, T, N, H), jnp.bfloat16)
-  kv = jax.ShapeDtypeStruct((1, T, K, H), jnp.bfloat16)
+def tpu_mesh(topology: str) -> Mesh:
+  from jax.experimental import topologies
+
+  devices = np.array(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+  return Mesh(devices.reshape(2, 1, -1), ("data", "fsdp", "tensor"))
+
+
+def temp_bytes(impl: str, T: int, block: int, mesh: Mesh | None = None) -> int:
+  B = 1 if mesh is None else mesh.shape["data"]
+  sharding = None if mesh is None else NamedSharding(mesh, P("data", None, "tensor", None))
+  q = jax.ShapeDtypeStruct((B, T, N, H), jnp.bfloat16, sharding=sharding)
+  kv = jax.ShapeDtypeStruct((B, T, K, H), jnp.bfloat16, sharding=sharding)
 
   def loss(q, k, v):
-    o = attention(q, k, v, causal=True, impl=impl, block_q=block, block_k=block)
+    o = attention(q, k, v, causal=True, impl=impl, block_q=block, block_k=block, mesh=mesh)
     # A weighted sum, so the cotangent dO is a real [T, N, H] array (as in a model).
     w = jnp.cos(jnp.arange(H, dtype=jnp.float32))
     return jnp.sum(o.astype(jnp.float32) * w)
@@ -47,26 +64,32 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 16384])
   ap.add_argument("--block", type=int, default=512, help="blockwise block_q = block_k")
+  ap.add_argument("--tpu", default="", help="TPU topology to compile for, e.g. v5p:2x2x1")
   args = ap.parse_args()
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}; layer N={N} K={K} H={H}, "
-        f"batch 1, bfloat16, causal, forward + backward (compile only)")
-  out = {"T": [], "einsum_temp_bytes": [], "blockwise_temp_bytes": [], "floor_temp_bytes": [],
-         "einsum_over_floor": [], "blockwise_over_floor": [], "einsum_over_blockwise": [],
-         "block": args.block, "N": N, "K": K, "H": H, "dtype": "bfloat16"}
+  mesh = tpu_mesh(args.tpu) if args.tpu else None
+  impls = ["einsum", "blockwise"] + (["splash"] if mesh else [])
+  n_local = N // (1 if mesh is None else mesh.shape["tensor"])  # query heads per device
+  where = f"TPU compiler, {args.tpu}, per device" if mesh else f"{jax.default_backend()} compiler"
+  print(f"jax {jax.__version__}, {where}; layer N={N} K={K} H={H}, one sequence per device, "
+        f"bfloat16, causal, forward + backward (compile only)")
+  out = {"T": [], **{f"{i}_temp_bytes": [] for i in impls}, "floor_temp_bytes": [],
+         **{f"{i}_over_floor": [] for i in impls}, "einsum_over_blockwise": [],
+         "block": args.block, "N": N, "K": K, "H": H, "dtype": "bfloat16",
+         "compiler": args.tpu or jax.default_backend()}
   for T in args.T:
     t0 = time.time()
-    e, b = temp_bytes("einsum", T, args.block), temp_bytes("blockwise", T, args.block)
-    floor = 2 * T * N * H * 2 + T * N * 4
+    temps = {i: temp_bytes(i, T, args.block, mesh) for i in impls}
+    floor = 2 * T * n_local * H * 2 + T * n_local * 4
     out["T"].append(T)
-    out["einsum_temp_bytes"].append(e)
-    out["blockwise_temp_bytes"].append(b)
     out["floor_temp_bytes"].append(floor)
-    out["einsum_over_floor"].append(round(e / floor, 2))
-    out["blockwise_over_floor"].append(round(b / floor, 2))
-    out["einsum_over_blockwise"].append(round(e / b, 1))
-    print(f"T={T:6d}: einsum {e / 2**20:10.1f} MiB ({e / floor:7.1f}x floor), blockwise "
-          f"{b / 2**20:8.1f} MiB ({b / floor:5.2f}x floor), floor {floor / 2**20:7.1f} MiB, "
-          f"einsum/blockwise {e / b:6.1f}x  [compiled in {time.time() - t0:.1f} s]")
+    for i, b in temps.items():
+      out[f"{i}_temp_bytes"].append(b)
+      out[f"{i}_over_floor"].append(round(b / floor, 2))
+    out["einsum_over_blockwise"].append(round(temps["einsum"] / temps["blockwise"], 1))
+    cols = ", ".join(f"{i} {b / 2**20:9.1f} MiB ({b / floor:6.1f}x floor)"
+                     for i, b in temps.items())
+    print(f"T={T:6d}: {cols}; floor {floor / 2**20:6.1f} MiB  "
+          f"[compiled in {time.time() - t0:.1f} s]")
   print(json.dumps(out))
 
 

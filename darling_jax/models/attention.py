@@ -16,8 +16,10 @@ Backends (`impl`):
   splash     the TPU Pallas splash kernel, inside `shard_map` (interpret mode off TPU; slow).
   cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
   auto       TPU -> splash; GPU -> cudnn for 16-bit inputs with H <= 128, else blockwise (and
-             blockwise when cudnn refuses the call); CPU -> blockwise when T * S > 2**20 (the
-             einsum's [T, S] float32 scores pass 4 MiB per head), else einsum.
+             blockwise when cudnn refuses the call at trace time); CPU -> blockwise when
+             T * S > 512 * 512 (where it also gets faster than the einsum), else einsum. The
+             platform is the mesh's (argument or ambient), so an ahead-of-time compile for a TPU
+             topology on a CPU host picks (and does not interpret) splash.
 """
 # pylint: disable=invalid-name
 
@@ -35,9 +37,10 @@ from darling_jax.errors import InputError
 from darling_jax.models.attention_blockwise import blockwise_attention
 
 IMPLS = ("auto", "einsum", "blockwise", "splash", "cudnn")
-# CPU: above this many (query, key) pairs the einsum's float32 scores outgrow the caches and its
-# backward holds several [T, S] buffers per head; blockwise wins on memory and costs ~1.3x time.
-AUTO_BLOCKWISE_MIN_TS = 1 << 20
+# CPU: above this many (query, key) pairs blockwise is also the faster one (2-core CPU, causal,
+# 8/2 heads, H 64, fwd+bwd, 2026-12-04: 0.7-1.1x the einsum's time at T = 256-512, 0.3x at 1k and
+# 2k); below it the einsum's single fused tile has less loop overhead (4x faster at T = 64).
+AUTO_BLOCKWISE_MIN_TS = 512 * 512
 SPLASH_BLOCK = 128  # the splash kernel's lane-aligned tile (its sequence lengths are padded to it)
 
 # Finite rather than -inf: a fully masked row gives a finite softmax (then zeroed), never NaN.
@@ -48,6 +51,20 @@ def check_impl(impl: str, where: str = "attention") -> str:
   if impl not in IMPLS:
     raise InputError(where, f"unknown attention backend {impl!r}; choose from {list(IMPLS)}")
   return impl
+
+
+def mesh_platform(mesh: Mesh | AbstractMesh | None = None) -> str:
+  """"tpu"/"gpu"/"cpu" of `mesh` (default: the ambient mesh), else JAX's default backend.
+
+  From the mesh, not the process: a CPU host compiling ahead of time for a TPU topology (see
+  environment.md) must pick, and not interpret, the TPU kernel.
+  """
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  if isinstance(mesh, Mesh) and not mesh.empty:
+    return mesh.devices.flat[0].platform
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  return jax.default_backend() if device is None else device.platform
 
 
 def resolve_impl(impl: str, T: int, S: int, dtype, head_dim: int,
@@ -135,7 +152,7 @@ def _shard_axes(mesh: Mesh | AbstractMesh, axes: Sequence[str], size: int) -> tu
   return tuple(chosen)
 
 
-def _splash_local(q, k, v, q_seg, kv_seg, causal):
+def _splash_local(q, k, v, q_seg, kv_seg, causal, interpret):
   """Splash on one device's shard: q [B, T, N, H], k/v [B, S, K, H], T and S multiples of 128."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -146,7 +163,7 @@ def _splash_local(q, k, v, q_seg, kv_seg, causal):
   # The MHA kernel maps query head n to kv head n // (N // K) itself, so GQA needs no K/V repeat.
   kernel = sk.make_splash_mha(sm.MultiHeadMask([head_mask] * N), head_shards=1, q_seq_shards=1,
                               block_sizes=sk.BlockSizes.get_default(),
-                              interpret=jax.default_backend() != "tpu")
+                              interpret=interpret)
   # The kernel takes no scale: fold 1/sqrt(H) into q (in float32, then back to q's dtype).
   q_NxTxH = jnp.swapaxes((q.astype(jnp.float32) * H ** -0.5).astype(q.dtype), 1, 2)
   out = jax.vmap(kernel)(q_NxTxH, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
@@ -171,7 +188,9 @@ def _splash(q, k, v, q_seg, kv_seg, causal, mesh, batch_axes, head_axis):
   back_q = Tp - T - front
   args = (pad(q, front, back_q), pad(k, 0, Sp - S), pad(v, 0, Sp - S), pad(q_seg, front, back_q),
           pad(kv_seg, 0, Sp - S))
-  local = lambda *a: _splash_local(*a, causal)  # noqa: E731
+  # Off TPU the kernel runs in Pallas interpret mode: plain JAX ops, slow, for tests.
+  interpret = mesh_platform(mesh) != "tpu"
+  local = lambda *a: _splash_local(*a, causal, interpret)  # noqa: E731
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   if mesh is not None and not mesh.empty and mesh.size > 1:
@@ -217,7 +236,7 @@ def attention(
   S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
   if N % K:
     raise InputError("attention", f"{K} kv heads do not divide {N} query heads")
-  resolved = resolve_impl(impl, T, S, q_BxTxNxH.dtype, H)
+  resolved = resolve_impl(impl, T, S, q_BxTxNxH.dtype, H, mesh_platform(mesh))
   if resolved == "cudnn":
     try:
       return _cudnn(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids, kv_segment_ids, causal)

@@ -9,7 +9,7 @@ logsumexp lse = m + log l per query. Backward (FA-2, Alg. 2) is a `jax.custom_vj
 block, it loops over the query blocks that can see it, recomputes P = exp(q.k / sqrt(H) - lse) from
 the saved lse, and accumulates
 
-  dV_j += P^T dO,   dP = dO V_j^T,   dS = P * (dP - rowsum(dO * O)),   dQ_i += dS K_j,   dK_j += dS^T Q_i,
+  dV_j += P^T dO, dP = dO V_j^T, dS = P * (dP - rowsum(dO * O)), dQ_i += dS K_j, dK_j += dS^T Q_i
 
 so neither pass materialises a [T, S] matrix. Under a causal mask the loops skip every block that
 lies entirely above the diagonal (about half the FLOPs at T = S).

@@ -34,7 +34,7 @@ class PolicyConfig:
   dtype: str = "float32"  # activations; bfloat16 halves activation memory on accelerators
   remat: bool = False  # recompute each layer in the backward pass (long responses)
   # full-sequence attention backend (models/attention.py): auto = splash on TPU, cudnn on GPU,
-  # blockwise flash on CPU past 1k x 1k tokens; einsum/blockwise/splash/cudnn force one
+  # blockwise flash on CPU past 512 x 512 tokens; einsum/blockwise/splash/cudnn force one
   attention: str = "auto"
   architecture: str = ""  # DecoderConfig preset of the checkpoint (lets `plan` work without it)
 

@@ -4,6 +4,8 @@ Values and gradients (of a non-linear scalar of the output, wrt q, k, v) under l
 padded rows, packed segments, GQA 1/2/4/8, head dims 64/80/128, odd lengths, causal and not.
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,16 +142,23 @@ def test_no_segment_ids_means_one_full_segment():
 def test_auto_rule():
   bf16, f32 = jnp.bfloat16, jnp.float32
   for platform in ("cpu", "tpu", "gpu"):  # auto picks cudnn only on GPU
-    picks = {attn.resolve_impl("auto", t, t, d, h, platform) for t in (16, 8192) for d in (bf16, f32)
-             for h in (64, 256)}
+    picks = {attn.resolve_impl("auto", t, t, d, h, platform)
+             for t in (16, 8192) for d in (bf16, f32) for h in (64, 256)}
     assert ("cudnn" in picks) == (platform == "gpu")
-  assert attn.resolve_impl("auto", 1024, 1024, f32, 64, "cpu") == "einsum"
-  assert attn.resolve_impl("auto", 1025, 1024, f32, 64, "cpu") == "blockwise"
+  assert attn.resolve_impl("auto", 512, 512, f32, 64, "cpu") == "einsum"
+  assert attn.resolve_impl("auto", 513, 512, f32, 64, "cpu") == "blockwise"
   assert attn.resolve_impl("auto", 8, 8, bf16, 64, "tpu") == "splash"
   assert attn.resolve_impl("auto", 8, 8, bf16, 128, "gpu") == "cudnn"
   assert attn.resolve_impl("auto", 8, 8, f32, 128, "gpu") == "blockwise"  # cudnn: 16-bit only
   assert attn.resolve_impl("einsum", 8192, 8192, f32, 64, "tpu") == "einsum"
   assert jax.default_backend() != "cpu" or attn.resolve_impl("auto", 8, 8, bf16, 64) == "einsum"
+  # The platform follows the mesh: an ahead-of-time TPU compile on this CPU host means splash.
+  # (A stand-in for the AbstractMesh of a TPU topology: libtpu is not a test dependency.)
+  tpu = types.SimpleNamespace(platform="tpu")
+  tpu_mesh = types.SimpleNamespace(empty=False, abstract_device=tpu)
+  assert attn.mesh_platform(tpu_mesh) == "tpu"
+  assert attn.mesh_platform(Mesh(np.asarray(jax.devices()[:1]), ("data",))) == "cpu"
+  assert attn.mesh_platform(None) == jax.default_backend()
 
 
 @pytest.mark.parametrize("T", [37, 20])
