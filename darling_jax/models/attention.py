@@ -152,6 +152,11 @@ def _shard_axes(mesh: Mesh | AbstractMesh, axes: Sequence[str], size: int) -> tu
   return tuple(chosen)
 
 
+def _no_mesh(mesh: Mesh | AbstractMesh | None) -> bool:
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  return mesh is None or mesh.empty or mesh.size == 1
+
+
 def _splash_local(q, k, v, q_seg, kv_seg, causal, interpret):
   """Splash on one device's shard: q [B, T, N, H], k/v [B, S, K, H], T and S multiples of 128."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
@@ -236,7 +241,14 @@ def attention(
   S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
   if N % K:
     raise InputError("attention", f"{K} kv heads do not divide {N} query heads")
-  resolved = resolve_impl(impl, T, S, q_BxTxNxH.dtype, H, mesh_platform(mesh))
+  platform = mesh_platform(mesh)
+  resolved = resolve_impl(impl, T, S, q_BxTxNxH.dtype, H, platform)
+  if resolved == "splash" and platform == "tpu" and _no_mesh(mesh) and jax.device_count() > 1:
+    # Without a mesh the kernel would meet sharded inputs it cannot be partitioned over.
+    if impl != "auto":
+      raise InputError("attention", "splash on several TPU devices needs a mesh (the `mesh` "
+                       "argument, Decoder.attention_mesh or jax.set_mesh)")
+    resolved = "blockwise"
   if resolved == "cudnn":
     try:
       return _cudnn(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids, kv_segment_ids, causal)

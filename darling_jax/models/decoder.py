@@ -18,6 +18,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
 from darling_jax.models.attention import attention, check_impl, masked_attention
@@ -162,12 +163,16 @@ class Decoder(nnx.Module):
   """Causal LM: `model(input_ids, attention_mask=mask) -> logits [B, T, V]` (float32)."""
 
   def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-               dtype=jnp.float32, remat: bool = False, attention: str = "auto"):
+               dtype=jnp.float32, remat: bool = False, attention: str = "auto",
+               attention_mesh: Mesh | None = None):
     self.config = config
     self.dtype = dtype  # compute (activation) dtype
     self.remat = remat  # recompute each block in the backward pass (training memory)
     # Backend of the full-sequence attention (hidden_states, prefill); see models/attention.py.
     self.attention = check_impl(attention, "Decoder.attention")
+    # The mesh splash's shard_map splits over (batch, kv heads); None: the ambient
+    # `jax.set_mesh` mesh, else one device. Static, like `attention`.
+    self.attention_mesh = attention_mesh
     self.embed = _param(rngs, "normal", (config.vocab_size, config.hidden_size), ("vocab", "embed"),
                         param_dtype)
     self.layers = DecoderLayers(config, rngs=rngs, param_dtype=param_dtype)
@@ -233,7 +238,7 @@ class Decoder(nnx.Module):
       h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
       q, k, v = project_qkv(cfg, lp, h, cos, sin)
       out = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
-                      impl=self.attention)
+                      impl=self.attention, mesh=self.attention_mesh)
       return attn_out_and_mlp(cfg, lp, x, out), None
 
     x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
@@ -316,7 +321,8 @@ class Decoder(nnx.Module):
       v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, 0, axis=1)
       # Attend the cache-dtype K/V, as `extend` does, so both paths give the same logits.
       out = attention(q, k.astype(q.dtype), v.astype(q.dtype), q_segment_ids=seg,
-                      kv_segment_ids=seg, causal=True, impl=self.attention)
+                      kv_segment_ids=seg, causal=True, impl=self.attention,
+                      mesh=self.attention_mesh)
       return attn_out_and_mlp(cfg, lp, x, out), (k_cache, v_cache)
 
     x, (k_new, v_new) = self._scan_blocks(block, self.embed_tokens(tokens_BxT), (cache.k, cache.v))

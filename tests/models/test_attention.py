@@ -270,3 +270,14 @@ def test_prefill_equals_extend_at_index_zero(tiny_qwen3):
   assert isinstance(c_pre, KVCache)
   for a, b in ((c_pre.k, c_ext.k), (c_pre.v, c_ext.v)):
     assert _max_err(np.asarray(a)[:, real], np.asarray(b)[:, real]) <= 1e-5
+
+
+def test_splash_on_several_tpus_without_a_mesh(monkeypatch):
+  """auto falls back to blockwise (it would meet inputs it cannot partition); splash refuses."""
+  assert jax.device_count() > 1  # conftest's 8 host devices
+  monkeypatch.setattr(attn, "mesh_platform", lambda mesh=None: "tpu")
+  q, k, v = _inputs(1, 8, 8, 2, 2, 64)
+  with pytest.raises(InputError, match="needs a mesh"):
+    attn.attention(q, k, v, impl="splash")
+  ref = attn.attention(q, k, v, impl="einsum")
+  assert _max_err(attn.attention(q, k, v, impl="auto"), ref) <= 1e-5
