@@ -96,7 +96,7 @@ def test_causal_offset_for_a_prefix_of_keys(impl):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("heads,causal", [(HEADS[0], False), (HEADS[1], True), (HEADS[3], True)])
+@pytest.mark.parametrize("heads,causal", [(HEADS[0], False), (HEADS[3], True)])
 def test_splash_interpret_equals_einsum(heads, causal):
   N, K, H = heads
   B, T = 4, 37
@@ -108,7 +108,7 @@ def test_splash_interpret_equals_einsum(heads, causal):
 @pytest.mark.slow
 def test_splash_under_a_mesh_shards_batch_and_heads():
   mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(2, 1, 2), ("data", "fsdp", "tensor"))
-  B, T, N, K, H = 4, 37, 4, 2, 64
+  B, T, (N, K, H) = 4, 37, HEADS[1]  # G = 2, H = 80; 2 kv heads over tensor = 2
   q, k, v = _inputs(B, T, T, N, K, H, seed=2)
   seg = jnp.asarray(_segments(B, T))
   _check_against_einsum("splash", q, k, v, seg, seg, True, 1e-5, mesh=mesh)
