@@ -183,12 +183,14 @@ def _splash(q, k, v, q_seg, kv_seg, causal, mesh, batch_axes, head_axis):
   if causal and S != T:
     if S < T:
       raise InputError("attention", f"causal splash needs S >= T, got T={T}, S={S}")
-    # CausalMask(offset=S - T) gave wrong outputs in interpret mode (jax 0.10.2); prepending
-    # S - T invisible queries aligns the diagonal with offset 0 instead (prefill has S = T).
+    # CausalMask(offset=S - T) did not match the reference here (interpret mode, jax 0.10.2);
+    # prepending S - T invisible queries aligns the diagonal with offset 0 instead (prefill has
+    # S = T).
     front = S - T
   Tp, Sp = (-(-n // SPLASH_BLOCK) * SPLASH_BLOCK for n in (front + T, S))
-  # Padding takes segment id 0: padded keys are invisible to real queries; padded (and all
-  # segment-0) queries see only segment-0 keys, never an empty row, and are zeroed below.
+  # Padding takes segment id 0: padded keys are invisible to real queries. Segment-0 queries see
+  # only segment-0 keys (possibly none: the kernel's finite mask value keeps such rows finite);
+  # they are sliced off or zeroed below, so their cotangent is 0.
   pad = lambda x, a, b: jnp.pad(x, [(0, 0), (a, b)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
   back_q = Tp - T - front
   args = (pad(q, front, back_q), pad(k, 0, Sp - S), pad(v, 0, Sp - S), pad(q_seg, front, back_q),
