@@ -292,3 +292,23 @@ def test_splash_on_several_tpus_without_a_mesh(monkeypatch):
     attn.attention(q, k, v, impl="splash")
   ref = attn.attention(q, k, v, impl="einsum")
   assert _max_err(attn.attention(q, k, v, impl="auto"), ref) <= 1e-5
+
+
+def test_sampler_greedy_rollouts_do_not_depend_on_the_prefill_backend(tiny_qwen3):
+  from darling_jax.sampling.config import SamplerConfig
+  from darling_jax.sampling.sampler import sample
+
+  cfg = SamplerConfig(max_new_tokens=6, num_samples=2, greedy=True, cache_dtype="float32")
+  rng = np.random.default_rng(8)
+  ids = rng.integers(3, 128, (2, 11)).astype(np.int32)
+  mask = np.ones((2, 11), bool)
+  mask[1, :5] = False
+  graphdef, state = nnx.split(tiny_qwen3)
+  tokens = {}
+  for impl in ("einsum", "blockwise"):
+    m = nnx.merge(graphdef, state)
+    m.attention = impl
+    g, s = nnx.split(m)
+    out = sample(g, s, ids, mask, jax.random.key(0), cfg)
+    tokens[impl] = np.asarray(out.tokens)
+  np.testing.assert_array_equal(tokens["blockwise"], tokens["einsum"])
