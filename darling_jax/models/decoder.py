@@ -18,14 +18,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
+from darling_jax.models.attention import attention, check_impl, masked_attention
 from darling_jax.models.decoder_config import DecoderConfig, rope_inv_freq
-
-# Finite rather than -inf: a fully masked query row (left padding) then gives a finite uniform
-# softmax instead of NaNs that would poison gradients through `where`.
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
-
 
 @flax.struct.dataclass
 class KVCache:
@@ -120,16 +117,8 @@ def apply_rope(x_BxTxNxH: Array, cos_BxTxH: Array, sin_BxTxH: Array) -> Array:
 
 def attend(q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array,
            mask_BxTxS: Bool[Array, "B T S"]) -> Array:
-  """Grouped-query softmax attention; scores and softmax in float32."""
-  B, T, N, H = q_BxTxNxH.shape
-  K = k_BxSxKxH.shape[2]
-  q = q_BxTxNxH.reshape(B, T, K, N // K, H)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH, preferred_element_type=jnp.float32)
-  scores = scores * (H ** -0.5)
-  scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH, preferred_element_type=jnp.float32)
-  return out.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
+  """Grouped-query softmax attention under an explicit mask (the decode steps over cache slots)."""
+  return masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
 
 
 def project_qkv(cfg: DecoderConfig, lp: dict[str, Array], h_BxTxD: Array, cos: Array, sin: Array):
@@ -174,10 +163,16 @@ class Decoder(nnx.Module):
   """Causal LM: `model(input_ids, attention_mask=mask) -> logits [B, T, V]` (float32)."""
 
   def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-               dtype=jnp.float32, remat: bool = False):
+               dtype=jnp.float32, remat: bool = False, attention: str = "auto",
+               attention_mesh: Mesh | None = None):
     self.config = config
     self.dtype = dtype  # compute (activation) dtype
     self.remat = remat  # recompute each block in the backward pass (training memory)
+    # Backend of the full-sequence attention (hidden_states, prefill); see models/attention.py.
+    self.attention = check_impl(attention, "Decoder.attention")
+    # The mesh splash's shard_map splits over (batch, kv heads); None: the ambient
+    # `jax.set_mesh` mesh, else one device. Static, like `attention`.
+    self.attention_mesh = attention_mesh
     self.embed = _param(rngs, "normal", (config.vocab_size, config.hidden_size), ("vocab", "embed"),
                         param_dtype)
     self.layers = DecoderLayers(config, rngs=rngs, param_dtype=param_dtype)
@@ -225,27 +220,26 @@ class Decoder(nnx.Module):
     """
     cfg = self.config
     tokens = jnp.asarray(input_ids, jnp.int32)
-    T = tokens.shape[1]
-    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
     if segment_ids is not None:
       if positions is None:
         raise ValueError("packed rows (segment_ids) need per-segment positions")
       seg = jnp.asarray(segment_ids, jnp.int32)
       pos = jnp.asarray(positions, jnp.int32)
-      mask_BxTxS = (causal_TxT[None] & (seg[:, :, None] == seg[:, None, :])
-                    & (seg[:, None, :] > 0))
     else:
       mask = (jnp.ones_like(tokens, dtype=bool) if attention_mask is None
               else jnp.asarray(attention_mask).astype(bool))
       pos = positions_from_mask(mask) if positions is None else jnp.asarray(positions, jnp.int32)
-      mask_BxTxS = causal_TxT[None] & mask[:, None, :]
+      # One segment per row; padding (either side) is segment 0, whose rows attend to nothing.
+      seg = mask.astype(jnp.int32)
     cos, sin = rope_angles(pos, self._inv_freq())
 
     def block(x, xs):
       lp, _ = xs
       h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
       q, k, v = project_qkv(cfg, lp, h, cos, sin)
-      return attn_out_and_mlp(cfg, lp, x, attend(q, k, v, mask_BxTxS)), None
+      out = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
+                      impl=self.attention, mesh=self.attention_mesh)
+      return attn_out_and_mlp(cfg, lp, x, out), None
 
     x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     x, _ = self._scan_blocks(block, x)
@@ -300,6 +294,39 @@ class Decoder(nnx.Module):
     x, (k_new, v_new) = self._scan_blocks(block, self.embed_tokens(tokens_BxT), (cache.k, cache.v))
     return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), KVCache(k=k_new, v=v_new)
 
+
+  def prefill(
+      self,
+      tokens_BxT: Int[Array, "B T"],
+      positions_BxT: Int[Array, "B T"],
+      cache: KVCache,
+      mask_BxT: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], KVCache]:
+    """`extend(tokens, positions, cache, 0, kv_mask)` for a fresh cache, via the attention backend.
+
+    The T tokens attend only to each other (causal, `mask_BxT` False = padding), so the backend
+    (`self.attention`: blockwise/splash for long prompts) runs over [T, T] instead of the
+    einsum over [T, S] cache slots; their K/V are then written to cache slots [0, T).
+    """
+    cfg = self.config
+    seg = jnp.asarray(mask_BxT).astype(jnp.int32)
+    cos, sin = rope_angles(positions_BxT, self._inv_freq())
+
+    def block(x, xs):
+      lp, (k_cache, v_cache) = xs
+      h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+      q, k, v = project_qkv(cfg, lp, h, cos, sin)
+      k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)
+      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k, 0, axis=1)
+      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, 0, axis=1)
+      # Attend the cache-dtype K/V, as `extend` does, so both paths give the same logits.
+      out = attention(q, k.astype(q.dtype), v.astype(q.dtype), q_segment_ids=seg,
+                      kv_segment_ids=seg, causal=True, impl=self.attention,
+                      mesh=self.attention_mesh)
+      return attn_out_and_mlp(cfg, lp, x, out), (k_cache, v_cache)
+
+    x, (k_new, v_new) = self._scan_blocks(block, self.embed_tokens(tokens_BxT), (cache.k, cache.v))
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), KVCache(k=k_new, v=v_new)
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jitted_logits(graphdef, state, ids, mask, pos):

@@ -170,7 +170,8 @@ def _rollout(graphdef, params, prompt_ids_BxP, prompt_mask_BxP, key, *, cfg: Sam
   ids = c(prompt_ids_BxP.astype(jnp.int32), "batch", "length")
   pmask = c(prompt_mask_BxP.astype(bool), "batch", "length")
   cache = model.init_cache(B, P, dtype=cache_dtype)
-  hidden_BxPxD, cache = model.extend(ids, positions_from_mask(pmask), cache, jnp.int32(0), pmask)
+  # The prompt attends only to itself: the model's attention backend, not the cache einsum.
+  hidden_BxPxD, cache = model.prefill(ids, positions_from_mask(pmask), cache, pmask)
   # Left padding puts every prompt's last real token in the last column.
   logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
   prompt_k, prompt_v = c(cache.k, *CACHE_AXES), c(cache.v, *CACHE_AXES)

@@ -98,6 +98,7 @@ def build_policy(config: TrainConfig, mesh: Mesh) -> tuple[Decoder, Tokenizer]:
     model = init_decoder(cfg, config.seed, param_dtype=pdt, dtype=dt, mesh=mesh)
   if pc.remat:
     model.remat = True
+  model.attention, model.attention_mesh = pc.attention, mesh  # splash runs per shard of `mesh`
   return model, tok
 
 

@@ -14,6 +14,7 @@ import os
 import pathlib
 
 from darling_jax.errors import InputError, parse_enum
+from darling_jax.models.attention import check_impl
 from darling_jax.rl.optimizer import OptimConfig
 from darling_jax.rl.update import UpdateConfig
 from darling_jax.sampling.config import SamplerConfig
@@ -32,6 +33,9 @@ class PolicyConfig:
   param_dtype: str = "float32"  # master weights and optimizer moments
   dtype: str = "float32"  # activations; bfloat16 halves activation memory on accelerators
   remat: bool = False  # recompute each layer in the backward pass (long responses)
+  # full-sequence attention backend (models/attention.py): auto = splash on TPU, cudnn on GPU,
+  # blockwise flash on CPU past 512 x 512 tokens; einsum/blockwise/splash/cudnn force one
+  attention: str = "auto"
   architecture: str = ""  # DecoderConfig preset of the checkpoint (lets `plan` work without it)
 
   def __post_init__(self):
@@ -42,6 +46,7 @@ class PolicyConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise InputError(f"policy.{name}", f"must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    check_impl(self.attention, "policy.attention")
 
 
 @dataclasses.dataclass(frozen=True)
