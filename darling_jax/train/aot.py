@@ -233,6 +233,7 @@ def compile_step(config: TrainConfig, topology: str,
 
   from darling_jax.sharding.mesh import AXES, make_mesh
   from darling_jax.train import programs
+  from darling_jax.train.effective import effective_config
 
   mesh = make_mesh(config.mesh, devices=devices)
   local = _host_devices(topology, devices, sum(d.process_index == 0 for d in devices))
@@ -244,17 +245,18 @@ def compile_step(config: TrainConfig, topology: str,
 
   graphdef, params = shapes.abstract_policy(config, model_cfg)
   params = programs.abstract(params, _policy_shardings(params, mesh))
-  update_cfg = dataclasses.replace(config.update, temperature=config.sampler.temperature)
   clf = shapes.abstract_classifier(config)
-  if clf is not None and clf.config is not None:  # the folder's calibrated tau, as in train
-    update_cfg = dataclasses.replace(update_cfg, reward=dataclasses.replace(
-        update_cfg.reward, threshold=clf.config.threshold))
+  # The values `train` derives (stop ids, loss temperature, tau, pi_old source), the same way.
+  config = effective_config(
+      config, stop_ids=tuple(dict.fromkeys((*config.sampler.stop_ids, *model_cfg.eos_token_ids))),
+      classifier_threshold=clf.config.threshold if clf is not None and clf.config is not None
+      else None)
+  update_cfg = config.update
   trainable, frozen = _trainable_and_frozen(config, params)
   tx = config.optim.build()
 
   def sampler():
-    stop_ids = tuple(dict.fromkeys((*config.sampler.stop_ids, *model_cfg.eos_token_ids)))
-    sampler_cfg = dataclasses.replace(config.sampler, stop_ids=stop_ids)
+    sampler_cfg = config.sampler
     sample_params = params  # the sampler reads the merged policy (LoRA: base + adapters)
     return programs.sampler_program(graphdef, sample_params, sampler_cfg, B, Pn, 0, mesh)
 

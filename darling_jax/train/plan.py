@@ -9,6 +9,7 @@ Terms (bytes on the busiest device):
   gradients    one accumulation buffer, sharded like the params
   reference    a second copy of the params when beta > 0 (none with LoRA: the base is the ref)
   kv_cache     the sampler's cache + decode buffers (sampling/memory.py; SAMPLING_RULES)
+  sampler_weights  the policy in the sampler's layout (SAMPLING_RULES: tensor-parallel, no FSDP)
   classifier   its weights in float32: an encoder's replicated (CLASSIFIER_RULES); a decoder
                classifier's (Qwen3/Llama *ForSequenceClassification) FSDP-sharded like the policy
                over every device of the plan (one host: the scorer shards over local devices)
@@ -200,6 +201,10 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
   est = estimate_bytes(cfg, config.sampler, config.data.batch_size, config.data.max_prompt_tokens,
                        mesh=mesh, rules=SAMPLING_RULES)
   terms["kv_cache"] = est.per_device
+  # The sampler reads the weights in its own layout (SAMPLING_RULES: no FSDP), a second copy of
+  # the policy for as long as rollouts run (the TPU compiler's temporaries show it).
+  terms["sampler_weights"] = sum(math.prod(s) * pb // shard_count(s, n, mesh, SAMPLING_RULES)
+                                 for s, n in shapes)
   clf_bytes = classifier_params(config) * 4
   if clf_bytes and classifier_is_sharded(config):
     clf_bytes = -(-clf_bytes // math.prod(mesh.shape.values()))

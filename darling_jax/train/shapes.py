@@ -115,7 +115,8 @@ def abstract_classifier(config: TrainConfig) -> Shaped | None:
     enc_cfg = fam.Config.from_hf(encoders.read_hf_config(folder / "hf"))
   elif name in CLASSIFIER_PRESETS:
     model_type, make, recipe = CLASSIFIER_PRESETS[name]
-    clf_cfg = _classifier_from_recipe(model_type, recipe, config.update.reward.threshold)
+    tau = config.update.reward.threshold
+    clf_cfg = _classifier_from_recipe(model_type, recipe, 0.5 if tau is None else tau)
     fam = encoders.family(model_type)
     enc_cfg = make()
     if clf_cfg.mode == PairMode.CROSS:
