@@ -81,6 +81,9 @@ def packed_logprobs(
   """
   model = nnx.merge(graphdef, params)
   hidden_RxTxD = model.hidden_states(ids_RxT, positions=pos_RxT, segment_ids=seg_RxT)
+  # Equal chunks covering T: a bucket length such as 544 would pad to 640 columns with 128.
+  T = ids_RxT.shape[1]
+  chunk = -(-T // -(-T // max(1, min(chunk, T))))
   return token_logprobs(hidden_RxTxD, model.head_weight(), targets_RxT, temperature=temperature,
                         chunk=chunk, with_entropy=with_entropy)
 

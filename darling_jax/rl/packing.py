@@ -9,6 +9,7 @@ predicts response token t. Its prompt b decides its mini-batch, b % M, as in the
 
   bucketed  one sequence per row; micro-batch u of mini-batch m holds the prompts j = u (mod U)
             of that mini-batch (update.micro_batch_prompts, as padded); T = bucket of the longest
+            sequence, at most the padded P + N (in both layouts)
   packed    first-fit decreasing into rows of T = bucket of the longest sequence, rows taken in
             order into micro-batches of R = max_tokens_per_micro_batch // T rows (0: all rows
             of the fullest mini-batch, rounded up to a count bucket)
@@ -139,7 +140,8 @@ def plan_layout(prompt_len_B: np.ndarray, response_len_BxG: np.ndarray, P: int, 
                      f"prompts and [B, G={G}, N={N}] responses")
   M, U_prompts = config.split(B)
   seq_len = np.where(lr > 0, lp[:, None] + lr, 0)
-  T = _check_lengths(seq_len, lp, config.buckets(), max_positions)
+  # Never longer than the padded P + N: that shape is needed anyway and holds every sequence.
+  T = min(_check_lengths(seq_len, lp, config.buckets(), max_positions), P + N)
   nd = num_devices
   b_idx, g_idx = np.nonzero(lr > 0)  # the sequences that are placed
   mb = b_idx % M
@@ -225,13 +227,19 @@ class BatchPacker:
     self.max_positions = max_positions
     self.keys: set[tuple] = set()
 
-  def plan(self, batch: UpdateBatch) -> PackPlan:
-    lp, lr = lengths_from_masks(jax.device_get(batch.prompt_mask),
-                                jax.device_get(batch.response_mask))
-    return plan_layout(lp, lr, batch.prompt_ids.shape[1], batch.response_ids.shape[2],
+  def plan(self, batch: UpdateBatch,
+           lengths: tuple[np.ndarray, np.ndarray] | None = None) -> PackPlan:
+    if lengths is None:
+      lengths = lengths_from_masks(jax.device_get(batch.prompt_mask),
+                                   jax.device_get(batch.response_mask))
+    return plan_layout(*lengths, batch.prompt_ids.shape[1], batch.response_ids.shape[2],
                        self.config, self.num_devices, self.max_positions)
 
-  def __call__(self, batch: UpdateBatch) -> tuple[PackedBatch, dict[str, Any]]:
+  def __call__(self, batch: UpdateBatch, lengths: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[PackedBatch, dict[str, Any]]:
+    """`lengths`: (prompt lengths [B], response lengths [B, G]) the host already has (e.g. from
+    the sampler, or where the masks are not addressable from this process); the masks must then
+    be left-padded prompts and prefix responses, unchecked. None: read from the batch's masks."""
     B, G, N = batch.response_ids.shape
     P = batch.prompt_ids.shape[1]
     if self.config.layout is Layout.PADDED:
@@ -239,7 +247,7 @@ class BatchPacker:
       facts: dict[str, Any] = {"layout": "padded", "row_len": P + N}
       packed = PackedBatch(batch=batch)
     else:
-      plan = self.plan(batch)
+      plan = self.plan(batch, lengths)
       key = (plan.layout.value, B, G, P, N) + plan.shape
       facts = plan.facts()
       packed = PackedBatch(batch=batch, src=jnp.asarray(plan.src), tgt=jnp.asarray(plan.tgt),

@@ -28,7 +28,8 @@ N, so for gradient accumulation pass the normalizer of the WHOLE mini-batch
 (`loss_normalizer(mini_batch_mask, mode)`) to every micro-batch: the micro-batch losses (and their
 gradients) then add up exactly to the mini-batch loss. Under jit over a sharded batch the sums are
 already global, which is what verl's `global_batch_info` (batch_num_tokens, global_batch_size)
-emulates across data-parallel ranks.
+emulates across data-parallel ranks. Packed rows (several sequences per row) aggregate with
+`segment_agg_loss`: the same modes, per-sequence sums as segment sums.
 """
 
 from __future__ import annotations

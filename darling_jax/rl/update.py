@@ -11,6 +11,13 @@ b prompts per micro-batch, S = b * G sequences, P prompt length, N response leng
 
 Gradient accumulation is exact: every micro-batch divides by the normaliser of its whole
 mini-batch, so the summed micro-batch losses equal the mini-batch loss (policy_loss.py).
+
+update.layout (rl/layout.py) picks what a micro-batch computes. padded: S = b * G sequences of
+P + N columns. bucketed / packed: R rows of T columns (a length bucket) holding only real tokens,
+laid out on the host by rl/packing.py (`BatchPacker`, from lengths only) and gathered here from
+the [B, G, N] arrays (rl/packed_forward.py); the advantages, mini-batch membership and loss
+normalisers are those of the padded step, per-sequence loss sums are segment sums
+(`segment_agg_loss`), so all three layouts give the same loss, gradients and metrics.
 """
 # pylint: disable=invalid-name
 
