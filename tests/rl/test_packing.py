@@ -118,19 +118,20 @@ def test_layouts_match_padded_and_numpy(mode):
     np.testing.assert_allclose(got[3]["pg_loss"], want, rtol=RTOL, atol=1e-7)
 
 
-@pytest.mark.parametrize("layout", ["bucketed", "packed"])
-def test_eight_device_mesh_with_mini_batches_and_kl(layout):
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                  "seq-mean-token-sum-norm"])
+def test_eight_device_mesh_with_mini_batches_and_kl(mode):
   batch = _batch(3, with_ref=True)
   common = dict(mini_batches=2, kl=KLConfig(beta=0.1),
-                policy_loss=PolicyLossConfig(loss_agg_mode="seq-mean-token-mean"))
+                policy_loss=PolicyLossConfig(loss_agg_mode=mode))
   single = _sgd_step(_config("padded", **common), batch)
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-  # bucketed: 2 prompts x 4 answers = 8 rows (one per device); packed: 8 rows of 12 tokens
-  extra = {"bucketed": {}, "packed": {"max_tokens_per_micro_batch": 128}}[layout]
-  sharded = _sgd_step(_config(layout, **common, **extra), batch, mesh=mesh)
-  assert sharded[4]["rows_per_micro_batch"] % 4 == 0
-  assert "kl" in sharded[3]
-  _assert_same(sharded, single, layout)
+  # bucketed: 2 prompts x 4 answers = 8 rows (two per device); packed: 8 rows of 12 tokens
+  for layout, extra in (("bucketed", {}), ("packed", {"max_tokens_per_micro_batch": 128})):
+    sharded = _sgd_step(_config(layout, **common, **extra), batch, mesh=mesh)
+    assert sharded[4]["rows_per_micro_batch"] % 4 == 0
+    assert "kl" in sharded[3]
+    _assert_same(sharded, single, f"{layout} on 8 devices")
 
 
 def test_reference_logprobs_match_padded_single_call():
