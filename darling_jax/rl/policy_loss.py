@@ -28,7 +28,8 @@ N, so for gradient accumulation pass the normalizer of the WHOLE mini-batch
 (`loss_normalizer(mini_batch_mask, mode)`) to every micro-batch: the micro-batch losses (and their
 gradients) then add up exactly to the mini-batch loss. Under jit over a sharded batch the sums are
 already global, which is what verl's `global_batch_info` (batch_num_tokens, global_batch_size)
-emulates across data-parallel ranks.
+emulates across data-parallel ranks. Packed rows (several sequences per row) aggregate with
+`segment_agg_loss`: the same modes, per-sequence sums as segment sums.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from darling_jax.errors import InputError, parse_enum
 
@@ -145,9 +146,100 @@ def agg_loss(
   return jnp.where(n > 0, total / jnp.where(n > 0, n, 1.0), 0.0)
 
 
+def segment_agg_loss(
+    loss_mat: Float[Array, "R T"],
+    mask: Bool[Array, "R T"],
+    seq_id: Int[Array, "R T"],
+    seq_tokens: Float[Array, "S"],
+    mode: LossAggMode | str,
+    normalizer: Float[Array, ""],
+    t_norm: int,
+) -> Float[Array, ""]:
+  """`agg_loss` for packed rows: token (r, t) belongs to sequence seq_id[r, t] of S sequences.
+
+  Per-sequence sums are segment sums over the tokens, so the modes keep their padded-layout
+  definitions: `seq_tokens` [S] are the sequences' valid-token counts (of the WHOLE sequence, not
+  just the tokens this call sees), `t_norm` is SEQ_MEAN_TOKEN_SUM_NORM's T_norm (the padded
+  response length or loss_scale_factor: the row length must not leak in), and `normalizer` is the
+  mini-batch's N (`loss_normalizer`). Masked-out tokens may carry any seq_id in [0, S).
+  """
+  mode = _agg_mode(mode, "segment_agg_loss: mode")
+  chex.assert_equal_shape([loss_mat, mask, seq_id])
+  m = mask.astype(jnp.bool_)
+  masked = jnp.where(m, loss_mat.astype(jnp.float32), 0.0)
+  match mode:
+    case LossAggMode.TOKEN_MEAN | LossAggMode.SEQ_MEAN_TOKEN_SUM:
+      total = jnp.sum(masked)
+    case LossAggMode.SEQ_MEAN_TOKEN_MEAN:
+      per_seq = jax.ops.segment_sum(masked.reshape(-1), seq_id.reshape(-1),
+                                    num_segments=seq_tokens.shape[0])
+      total = jnp.sum(per_seq / jnp.maximum(seq_tokens.astype(jnp.float32), 1.0))
+    case LossAggMode.SEQ_MEAN_TOKEN_SUM_NORM:
+      total = jnp.sum(masked) / jnp.float32(t_norm)
+  n = jnp.asarray(normalizer, jnp.float32)
+  return jnp.where(n > 0, total / jnp.where(n > 0, n, 1.0), 0.0)
+
+
 def _masked_mean(x: Array, m: Array) -> Float[Array, ""]:
   count = jnp.sum(m, dtype=jnp.int32).astype(jnp.float32)
   return jnp.sum(jnp.where(m, x.astype(jnp.float32), 0.0)) / jnp.maximum(count, 1.0)
+
+
+def ppo_token_loss(
+    logp_new: Float[Array, "*S T"],
+    logp_old: Float[Array, "*S T"],
+    advantages: Float[Array, "*S"] | Float[Array, "*S T"],
+    mask: Bool[Array, "*S T"],
+    config: PolicyLossConfig = PolicyLossConfig(),
+) -> tuple[Float[Array, "*S T"], dict[str, Array]]:
+  """Per-token dual-clip PPO loss L (module docstring) before aggregation, and the per-token
+  facts its metrics are made of (`token_metrics`). Padding positions hold finite values."""
+  chex.assert_equal_shape([logp_new, logp_old, mask])
+  m = mask.astype(jnp.bool_)
+  adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))
+  if adv.ndim == logp_new.ndim - 1:
+    adv = jnp.broadcast_to(adv[..., None], logp_new.shape)
+  chex.assert_equal_shape([adv, logp_new])
+  # Zero the log-ratio at padding BEFORE exp: padded log-probs may be -inf, and a nan there would
+  # leak into the gradient through where().
+  log_ratio = jnp.where(
+      m, logp_new.astype(jnp.float32) - jax.lax.stop_gradient(logp_old.astype(jnp.float32)), 0.0
+  )
+  ratio = jnp.exp(jnp.clip(log_ratio, -20.0, 20.0))
+
+  pg1 = -adv * ratio
+  pg2 = -adv * jnp.clip(ratio, 1.0 - config.epsilon, 1.0 + config.epsilon_high)
+  clip_loss = jnp.maximum(pg1, pg2)
+  clipped = pg2 > pg1
+  if config.dual_clip_c is None:
+    token_loss = clip_loss
+    dual = jnp.zeros_like(m)
+  else:
+    pg3 = -adv * config.dual_clip_c
+    negative = adv < 0
+    token_loss = jnp.where(negative, jnp.minimum(clip_loss, pg3), clip_loss)
+    dual = negative & (clip_loss > pg3)
+  facts = {"clipped": clipped, "negative": adv < 0, "positive": adv > 0, "dual": dual,
+           "log_ratio": log_ratio, "ratio": ratio}
+  return token_loss, facts
+
+
+def token_metrics(facts: dict[str, Array], mask: Bool[Array, "*S T"]) -> dict[str, Array]:
+  """The masked token means of `clipped_policy_loss`'s metrics (all but pg_loss), from the facts
+  `ppo_token_loss` returns."""
+  m = mask.astype(jnp.bool_)
+  clipped = facts["clipped"]
+  metrics = {
+      "pg_clipfrac": _masked_mean(clipped, m),
+      "pg_clipfrac_low": _masked_mean(clipped & facts["negative"], m),
+      "pg_clipfrac_high": _masked_mean(clipped & facts["positive"], m),
+      "pg_clipfrac_dual": _masked_mean(facts["dual"], m),
+      "ppo_kl": _masked_mean(-facts["log_ratio"], m),
+      "ratio_mean": _masked_mean(facts["ratio"], m),
+      "ratio_max": jnp.max(jnp.where(m, facts["ratio"], 0.0)),
+      "num_tokens": jnp.sum(m, dtype=jnp.int32).astype(jnp.float32),
+  }
+  return jax.tree.map(jax.lax.stop_gradient, metrics)
 
 
 def clipped_policy_loss(
@@ -180,42 +272,8 @@ def clipped_policy_loss(
     KL(pi_old || pi_theta)), ratio_mean, ratio_max, and num_tokens (to weight metric averages
     across micro-batches).
   """
-  chex.assert_equal_shape([logp_new, logp_old, mask])
+  token_loss, facts = ppo_token_loss(logp_new, logp_old, advantages, mask, config)
   m = mask.astype(jnp.bool_)
-  adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))
-  if adv.ndim == logp_new.ndim - 1:
-    adv = jnp.broadcast_to(adv[..., None], logp_new.shape)
-  chex.assert_equal_shape([adv, logp_new])
-  # Zero the log-ratio at padding BEFORE exp: padded log-probs may be -inf, and a nan there would
-  # leak into the gradient through where().
-  log_ratio = jnp.where(
-      m, logp_new.astype(jnp.float32) - jax.lax.stop_gradient(logp_old.astype(jnp.float32)), 0.0
-  )
-  ratio = jnp.exp(jnp.clip(log_ratio, -20.0, 20.0))
-
-  pg1 = -adv * ratio
-  pg2 = -adv * jnp.clip(ratio, 1.0 - config.epsilon, 1.0 + config.epsilon_high)
-  clip_loss = jnp.maximum(pg1, pg2)
-  clipped = pg2 > pg1
-  if config.dual_clip_c is None:
-    token_loss = clip_loss
-    dual = jnp.zeros_like(m)
-  else:
-    pg3 = -adv * config.dual_clip_c
-    negative = adv < 0
-    token_loss = jnp.where(negative, jnp.minimum(clip_loss, pg3), clip_loss)
-    dual = negative & (clip_loss > pg3)
-
   loss = agg_loss(token_loss, m, config.loss_agg_mode, normalizer, config.loss_scale_factor)
-  metrics = {
-      "pg_loss": loss,
-      "pg_clipfrac": _masked_mean(clipped, m),
-      "pg_clipfrac_low": _masked_mean(clipped & (adv < 0), m),
-      "pg_clipfrac_high": _masked_mean(clipped & (adv > 0), m),
-      "pg_clipfrac_dual": _masked_mean(dual, m),
-      "ppo_kl": _masked_mean(-log_ratio, m),
-      "ratio_mean": _masked_mean(ratio, m),
-      "ratio_max": jnp.max(jnp.where(m, ratio, 0.0)),
-      "num_tokens": jnp.sum(m, dtype=jnp.int32).astype(jnp.float32),
-  }
-  return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
+  metrics = {"pg_loss": jax.lax.stop_gradient(loss), **token_metrics(facts, m)}
+  return loss, metrics

@@ -36,3 +36,22 @@ class UpdateBatch:
   equiv_probs: Float[Array, "B G G"] | None = None  # P(similar) from the classifier
   diversity: Float[Array, "B G"] | None = None  # or a precomputed plug-in diversity
   ref_logprobs: Float[Array, "B G N"] | None = None  # log pi_ref, only when beta > 0
+
+
+@flax.struct.dataclass
+class PackedBatch:
+  """An UpdateBatch and where each of its tokens sits in the bucketed / packed layout.
+
+  Made on the host by `rl.packing.BatchPacker` from lengths only. Index arrays [M, U, R, T] (M
+  mini-batches, U micro-batches, R rows, T row length), int32, -1 / 0 = padding:
+    src  flat index into the [B*G, P+N] table concat(prompt_ids[b], response_ids[b, g])
+    tgt  flat index into the [B*G, N] response arrays of the token this column predicts
+    seg  segment id within the row (0 = padding), pos: position within the segment
+  All four are None for the padded layout (the step then reads `batch` as is).
+  """
+
+  batch: UpdateBatch
+  src: Int[Array, "M U R T"] | None = None
+  tgt: Int[Array, "M U R T"] | None = None
+  seg: Int[Array, "M U R T"] | None = None
+  pos: Int[Array, "M U R T"] | None = None

@@ -1,7 +1,8 @@
 """`darling-jax plan`: per-device memory of a run on its mesh, before anything is allocated.
 
 Axis letters: L layers, D width, F MLP width, N/K query/KV heads, H head dim, V vocab, S sequences
-per micro-batch on a device, T = prompt + response tokens, tp = tensor-parallel ways.
+(packed layout: rows) per micro-batch on a device, T = prompt + response tokens (bucketed /
+packed: the row length), tp = tensor-parallel ways; S and T come from `micro_batch_rows`.
 
 Terms (bytes on the busiest device):
   params       every policy tensor / the mesh axes its logical names shard it over (DEFAULT_RULES)
@@ -210,11 +211,7 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
     clf_bytes = -(-clf_bytes // math.prod(mesh.shape.values()))
   terms["classifier"] = clf_bytes
   # update activations
-  M, U = config.update.split(config.data.batch_size)
-  S_global = config.data.batch_size // (M * U) * config.sampler.num_samples
-  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  S = max(1, math.ceil(S_global / batch_ways))
-  T = config.data.max_prompt_tokens + config.sampler.max_new_tokens
+  S, T = micro_batch_rows(config, mesh.shape["data"] * mesh.shape["fsdp"])
   tp = mesh.shape["tensor"]
   L, D, F, N, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, \
       cfg.vocab_size
@@ -223,6 +220,31 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
   chunk = min(config.update.logprob_chunk, config.sampler.max_new_tokens)
   terms["activations"] = saved + S * chunk * max(1, V // tp) * 4 * 3
   return Plan(mesh=mesh.shape, terms=terms, device_memory=device_memory)
+
+
+def micro_batch_rows(config: TrainConfig, batch_ways: int) -> tuple[int, int]:
+  """(S, T) of the activations term: rows one device holds per update micro-batch, row length.
+
+  padded: S = a micro-batch's sequences / batch_ways, T = max_prompt_tokens + max_new_tokens.
+  bucketed / packed (update.layout): rows are T = that sum rounded up to a length bucket long,
+  the worst case (every sequence full length); packed with update.max_tokens_per_micro_batch
+  holds budget // T rows (a multiple of batch_ways), without a budget one row per sequence
+  (rounded up to a row-count bucket, as rl/packing.py does).
+  """
+  from darling_jax.rl.layout import COUNT_BUCKETS, Layout, bucket_up
+
+  uc = config.update
+  M, U = uc.split(config.data.batch_size)
+  per_mb = config.data.batch_size // M * config.sampler.num_samples
+  S_global = per_mb // U
+  T = config.data.max_prompt_tokens + config.sampler.max_new_tokens
+  if uc.layout is not Layout.PADDED:
+    T = bucket_up(T, uc.buckets())
+  if uc.layout is Layout.PACKED:
+    budget = uc.max_tokens_per_micro_batch
+    S_global = (budget // T // batch_ways * batch_ways if budget else
+                batch_ways * bucket_up(math.ceil(per_mb / batch_ways), COUNT_BUCKETS))
+  return max(1, math.ceil(S_global / batch_ways)), T
 
 
 def detect_device_memory() -> int | None:

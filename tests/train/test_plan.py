@@ -81,3 +81,18 @@ def test_paper_recipes_plan_without_weights():
       pytest.skip(f"{name} not written yet")
     plan = make_plan(load_config_file(path), 64)
     assert plan.terms["params"] > 0 and plan.total > 0
+
+
+def test_packed_layout_holds_the_token_budget_per_micro_batch():
+  from darling_jax.train.plan import micro_batch_rows
+
+  def rows(**update):
+    cfg = _config()
+    return micro_batch_rows(dataclasses.replace(cfg, update=dataclasses.replace(
+        cfg.update, **update)), 2)
+
+  assert rows() == (B * G // 2, P + N)  # padded: the micro-batch's sequences, P + N columns
+  assert rows(layout="bucketed", length_buckets=(100, 200)) == (B * G // 2, 200)
+  # 1000 tokens of 128-token rows: 7 rows, cut to a multiple of the 2 batch ways, 3 per device
+  assert rows(layout="packed", max_tokens_per_micro_batch=1000) == (3, 128)
+  assert rows(layout="packed") == (B * G // 2, 128)  # no budget: one row per sequence at worst
