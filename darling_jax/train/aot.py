@@ -232,6 +232,7 @@ def compile_step(config: TrainConfig, topology: str,
   import jax
 
   from darling_jax.sharding.mesh import AXES, make_mesh
+  from darling_jax.rl.layout import Layout
   from darling_jax.train import programs
   from darling_jax.train.effective import effective_config
 
@@ -287,18 +288,25 @@ def compile_step(config: TrainConfig, topology: str,
   use_ref = update_cfg.kl.beta > 0
 
   def reference():
-    fn = programs.build_reference_program(graphdef, update_cfg.temperature,
-                                          update_cfg.logprob_chunk, mesh)
+    fn = programs.build_reference_program(graphdef, update_cfg, mesh)
     batch = _batch(reference=False)
     return programs.Program("reference", fn, (ref_params, batch),
-                            note=f"{B * G} sequences of {Pn} + {N} tokens")
+                            note=f"{B * G} sequences of {Pn} + {N} tokens, {layout_note}")
 
   def _batch(reference: bool):
     # As collect fills it: equivalence probabilities whenever build_diversity loads a classifier
-    # (their shape does not depend on which one), n-gram diversity with that source.
-    return programs.update_batch_inputs(
+    # (their shape does not depend on which one), n-gram diversity with that source; then packed
+    # as BatchPacker does, at the worst case (every sequence full length).
+    batch = programs.update_batch_inputs(
         mesh, B, G, Pn, N, equiv=clf is not None,
         diversity=config.diversity.source is DiversitySource.NGRAM, reference=reference)
+    return programs.packed_inputs(batch, update_cfg, mesh, model_cfg.max_position_embeddings)
+
+  layout_note = update_cfg.layout.value
+  probe = _batch(reference=False)
+  if getattr(probe, "src", None) is not None:
+    Mp, Up, Rp, Tp = probe.src.shape
+    layout_note += f": {Up} micro-batch(es) of {Rp} rows x {Tp} tokens"
 
   def update():
     state = programs.abstract_train_state(tx, trainable, mesh)
@@ -306,9 +314,10 @@ def compile_step(config: TrainConfig, topology: str,
     fn = programs.build_update_program(graphdef, tx, update_cfg, mesh,
                                        programs.shardings_of(state), frozen_sh)
     M, U = update_cfg.split(B)
-    return programs.Program("update", fn, (state, _batch(reference=use_ref), frozen),
-                            note=f"{M} mini-batch(es) x {U} micro-batch(es) of {B // (M * U) * G} "
-                                 f"sequences, {Pn} + {N} tokens")
+    note = (f"{M} mini-batch(es) x {U} micro-batch(es) of {B // (M * U) * G} sequences, {Pn} + "
+            f"{N} tokens" if update_cfg.layout is Layout.PADDED
+            else f"{M} mini-batch(es), {layout_note} (worst case)")
+    return programs.Program("update", fn, (state, _batch(reference=use_ref), frozen), note=note)
 
   builds = [("sampler", sampler)]
   if clf is not None:

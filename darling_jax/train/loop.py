@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from darling_jax.errors import InputError
 from darling_jax.rl.lora import merge_lora
+from darling_jax.rl.packing import BatchPacker
 from darling_jax.sampling.text import stop_ids_for
 from darling_jax.sharding.mesh import make_mesh
 from darling_jax.train import components, programs
@@ -71,6 +72,7 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
   model, tokenizer = components.build_policy(config, mesh)
   stop_ids = tuple(dict.fromkeys((*config.sampler.stop_ids, *stop_ids_for(model, tokenizer))))
   graphdef, trainable, frozen = components.trainable_and_frozen(config, model)
+  model_cfg = model.config
   del model
   diversity = components.build_diversity(config)
   learned = diversity is not None and diversity.source is DiversitySource.CLASSIFIER
@@ -80,13 +82,13 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
   if learned:
     diversity = dataclasses.replace(diversity, threshold=config.update.reward.threshold)
   sampler_cfg, update_cfg = config.sampler, config.update
-  # log pi at the sampling temperature: the KL reference's, and pi_old when it is recomputed.
-  logprobs_fn = programs.build_reference_program(graphdef, update_cfg.temperature,
-                                                 update_cfg.logprob_chunk, mesh)
-  ref_fn = None
+  # log pi at the sampling temperature through the update's layout and micro-batches: the KL
+  # reference's, and pi_old when it is recomputed.
+  logprobs_fn = programs.build_reference_program(graphdef, update_cfg, mesh)
+  packer = BatchPacker(update_cfg, mesh, max_positions=model_cfg.max_position_embeddings)
+  ref_params = None
   if update_cfg.kl.beta > 0:
     ref_params = frozen if frozen is not None else jax.tree.map(jnp.copy, trainable)
-    ref_fn = lambda batch: logprobs_fn(ref_params, batch)  # noqa: E731
   tx = config.optim.build()
   # The same builders `darling-jax compile` lowers (train/programs.py): one code path.
   state, state_sh = programs.init_train_state(tx, trainable, config.seed, mesh)
@@ -153,17 +155,27 @@ def _train(config: TrainConfig, workdir: pathlib.Path, progress: bool,
         policy = state.params if frozen is None else merge(frozen, state.params)
         data = collect(prompt_batch=prompt_batch, graphdef=graphdef, sample_params=policy,
                        key=key, sampler_cfg=sampler_cfg, tokenizer=tokenizer, stop_ids=stop_ids,
-                       quality_fn=quality_fn, diversity=diversity, ref_logprobs_fn=ref_fn,
+                       quality_fn=quality_fn, diversity=diversity, ref_logprobs_fn=None,
                        mesh=mesh, timer=timer)
+        with timer("pack"):
+          packed, layout_facts = packer(data.batch, lengths=data.lengths)
         if update_cfg.recompute_old_logprobs:
           with timer("old_logprobs"):  # the sampler's are of the filtered distribution
-            data.batch = data.batch.replace(old_logprobs=logprobs_fn(policy, data.batch))
+            packed = packed.replace(batch=packed.batch.replace(
+                old_logprobs=logprobs_fn(policy, packed)))
+        if ref_params is not None:
+          with timer("reference"):
+            packed = packed.replace(batch=packed.batch.replace(
+                ref_logprobs=logprobs_fn(ref_params, packed)))
+            jax.block_until_ready(packed.batch.ref_logprobs)
         with timer("update"):
-          state, update_metrics = update_fn(state, data.batch, frozen)
+          state, update_metrics = update_fn(state, packed, frozen)
           update_metrics = jax.device_get(update_metrics)
         step_s = time.perf_counter() - t0
         metrics = {k: float(v) for k, v in update_metrics.items()}
         metrics.update(data.metrics)
+        metrics.update({f"layout_{k}": float(v) for k, v in layout_facts.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
         metrics.update({f"time_{k}_s": v for k, v in timer.seconds.items()})
         metrics["step_s"] = step_s
         n_tokens = metrics["response_tokens"]

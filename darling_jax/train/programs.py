@@ -22,12 +22,16 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from darling_jax.rl.state import TrainState, UpdateBatch
-from darling_jax.rl.update import UpdateConfig, make_update_step, policy_logprobs
+from darling_jax.rl.layout import Layout
+from darling_jax.rl.packing import batch_devices, plan_layout
+from darling_jax.rl.reference import make_reference_logprobs
+from darling_jax.rl.state import PackedBatch, TrainState, UpdateBatch
+from darling_jax.rl.update import UpdateConfig, make_update_step
 from darling_jax.sharding.rules import SAMPLING_RULES, logical_to_spec
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -138,23 +142,28 @@ def update_batch_inputs(mesh: Mesh, B: int, G: int, Pn: int, N: int, *, equiv: b
 
 # ---- the reference forward -----------------------------------------------------------------------
 
-def build_reference_program(graphdef: nnx.GraphDef, temperature: float, chunk: int,
+def build_reference_program(graphdef: nnx.GraphDef, update_cfg: UpdateConfig,
                             mesh: Mesh | None) -> Callable:
-  """ref(params, batch) -> log pi_ref [B, G, N] of every rollout token, laid out like them."""
+  """ref(params, batch) -> log pi [B, G, N] of every rollout token at the sampling temperature,
+  through the update's own layout and micro-batches (rl/reference.py): the KL reference's
+  log-probs, and pi_old's when it is recomputed. `batch` is an UpdateBatch or a PackedBatch."""
+  return make_reference_logprobs(graphdef, update_cfg, mesh)
 
-  @jax.jit
-  def fn(params, batch: UpdateBatch):
-    B, G, N = batch.response_ids.shape
-    logp, _ = policy_logprobs(
-        graphdef, params, jnp.repeat(batch.prompt_ids, G, 0), jnp.repeat(batch.prompt_mask, G, 0),
-        batch.response_ids.reshape(B * G, N), batch.response_mask.reshape(B * G, N),
-        temperature=temperature, chunk=chunk, with_entropy=False)
-    logp = logp.reshape(B, G, N)
-    if mesh is None:
-      return logp
-    return jax.lax.with_sharding_constraint(logp, rollout_sharding(mesh, logp.shape))
 
-  return fn
+def packed_inputs(batch: UpdateBatch, update_cfg: UpdateConfig, mesh: Mesh,
+                  max_positions: int | None) -> UpdateBatch | PackedBatch:
+  """The update's abstract input as `BatchPacker` makes it: the batch itself (padded layout), or
+  the batch and the index arrays of the worst-case plan (every sequence full length), the largest
+  shape the step is compiled for."""
+  if update_cfg.layout is Layout.PADDED:
+    return batch
+  B, G, N = batch.response_ids.shape
+  Pn = batch.prompt_ids.shape[1]
+  plan = plan_layout(np.full((B,), Pn), np.full((B, G), N), Pn, N, update_cfg,
+                     batch_devices(mesh), max_positions)
+  idx = lambda: jax.ShapeDtypeStruct(plan.shape, jnp.int32,  # noqa: E731
+                                     sharding=NamedSharding(mesh, P()))
+  return PackedBatch(batch=batch, src=idx(), tgt=idx(), seg=idx(), pos=idx())
 
 
 # ---- the sampler ---------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class StepData:
   texts: list[list[str]]  # [B][G] completions
   prompts: list[Any]
   metrics: dict[str, float]
+  # (prompt lengths [B], response lengths [B, G]) on the host, for the update's packing plan
+  lengths: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def left_pad_batch(prompt_ids_BxL: np.ndarray, lengths_B: np.ndarray,
@@ -123,4 +125,6 @@ def collect(
   if stats is not None:
     metrics["quality_timed_out"] = float(stats.timed_out)
     metrics["quality_unfinished"] = float(stats.unfinished)
-  return StepData(batch=batch, texts=texts, prompts=list(prompt_batch.prompts), metrics=metrics)
+  prompt_lengths = np.asarray(mask).sum(axis=1)
+  return StepData(batch=batch, texts=texts, prompts=list(prompt_batch.prompts), metrics=metrics,
+                  lengths=(prompt_lengths, np.asarray(lengths)))
