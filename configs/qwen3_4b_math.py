@@ -51,7 +51,9 @@ def get_config() -> TrainConfig:
                                 classifier_params=4_021_774_336),
       update=UpdateConfig(
           mini_batches=4,  # mini-batch 64 prompts: 4 optimizer updates per step, one PPO epoch
-          micro_batch_prompts=2,  # gradient accumulation: 16 sequences of up to 9k tokens
+          # Packed rows, micro-batches by tokens: the script's 40,000 tokens per GPU (line 81)
+          # times the 64 chips this recipe is planned for.
+          layout="packed", max_tokens_per_micro_batch=40_000 * 64,
           policy_loss=PolicyLossConfig(epsilon=0.2, epsilon_high=0.2, dual_clip_c=3.0,
                                        loss_agg_mode="token-mean"),
           kl=KLConfig(beta=0.0),  # no reference model for math

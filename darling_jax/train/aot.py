@@ -244,7 +244,7 @@ def compile_step(config: TrainConfig, topology: str,
   Pn, N = config.data.max_prompt_tokens, config.sampler.max_new_tokens
   b = B // hosts
 
-  graphdef, params = shapes.abstract_policy(config, model_cfg)
+  graphdef, params = shapes.abstract_policy(config, model_cfg, mesh)
   params = programs.abstract(params, _policy_shardings(params, mesh))
   clf = shapes.abstract_classifier(config)
   # The values `train` derives (stop ids, loss temperature, tau, pi_old source), the same way.

@@ -15,14 +15,18 @@ Terms (bytes on the busiest device):
                classifier's (Qwen3/Llama *ForSequenceClassification) FSDP-sharded like the policy
                over every device of the plan (one host: the scorer shards over local devices)
   activations  the update's saved activations per micro-batch:
-               L * S * T * (A_D * D + A_F * F / tp) * act_bytes + L * 3 * S * (N / tp) * T^2 * 4
+               L * S * T * (A_D * D + A_F * F / tp) * act_bytes + L * attention
                (with remat: L * S * T * D * act_bytes + one layer's worth), plus the LM-head chunk
-               S * chunk * (V / tp) * 4 * 3
+               S * chunk * (V / tp) * 4 * 3; attention = 3 * S * (N / tp) * T^2 * 4 (einsum) or
+               S * (N / tp) * T * (2 H + 2) * 4 (fused); S, T per update.layout
+               (micro_batch_rows)
 A_D = 15 and A_F = 4 count the [S, T, *] tensors one block keeps for its backward pass: the
 residual input, both RMSNorms' float32 upcast, normalised and scaled outputs (6), q/k/v (2: GQA
 k and v are half-width), q and k after RoPE in float32 (2), the attention output, o-projection
 and residual sum (3), the down projection (1); gate, up, silu(gate) and their product (4 x F);
-and three float32 [N, T, T] score tensors (scores, masked scores, probabilities). Checked against
+and, with policy.attention=einsum, three float32 [N, T, T] score tensors (scores, masked scores,
+probabilities); the fused backends (blockwise, splash, cuDNN) keep per query and head only a
+float32 output accumulator and dq and two softmax statistics. Checked against
 XLA's own memory analysis of the compiled step in tests/train/test_plan.py.
 """
 
@@ -215,7 +219,13 @@ def make_plan(config: TrainConfig, num_devices: int, device_memory: int | None =
   tp = mesh.shape["tensor"]
   L, D, F, N, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, \
       cfg.vocab_size
-  layer = S * T * (A_D * D + A_F * F // tp) * ab + 3 * S * max(1, N // tp) * T * T * 4
+  heads = max(1, N // tp)
+  if config.policy.attention == "einsum":
+    attn = 3 * S * heads * T * T * 4  # scores, masked scores, probabilities: [N, T, T] float32
+  else:  # fused (blockwise / splash / cuDNN) keeps no [T, T]: per query and head, a float32
+    # output accumulator and dq (H wide each) and the softmax max and log-sum-exp
+    attn = S * heads * T * (2 * cfg.head_dim + 2) * 4
+  layer = S * T * (A_D * D + A_F * F // tp) * ab + attn
   saved = L * S * T * D * ab + layer if config.policy.remat else L * layer
   chunk = min(config.update.logprob_chunk, config.sampler.max_new_tokens)
   terms["activations"] = saved + S * chunk * max(1, V // tp) * 4 * 3

@@ -45,8 +45,10 @@ def policy_config(config: TrainConfig) -> DecoderConfig:
   return preset()
 
 
-def abstract_policy(config: TrainConfig, model_cfg: DecoderConfig) -> tuple[Any, Any]:
-  """(graphdef, abstract params) of the Decoder `build_policy` would return (remat included)."""
+def abstract_policy(config: TrainConfig, model_cfg: DecoderConfig,
+                    mesh: Any = None) -> tuple[Any, Any]:
+  """(graphdef, abstract params) of the Decoder `build_policy` would return (remat and the
+  attention backend on `mesh` included: `auto` on a TPU topology's mesh is splash)."""
   from darling_jax.models.decoder import Decoder
 
   pc = config.policy
@@ -56,6 +58,7 @@ def abstract_policy(config: TrainConfig, model_cfg: DecoderConfig) -> tuple[Any,
                     dtype=_DTYPES[pc.dtype])
     if pc.remat:
       model.remat = True
+    model.attention, model.attention_mesh = pc.attention, mesh
     return model
 
   return nnx.split(nnx.eval_shape(build))
