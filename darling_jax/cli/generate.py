@@ -29,9 +29,17 @@ def register(subparsers, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  from darling_jax.errors import InputError
   from darling_jax.models.loading import load_model, packaged_smollm2_gguf
   from darling_jax.sampling.text import generate_texts
 
+  try:  # argv bytes that are not UTF-8 arrive as lone surrogates
+    args.prompt.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise InputError("--prompt", f"is not valid UTF-8 text (character {e.start})") from None
+  if args.max_new_tokens < 1 or args.num_samples < 1:
+    raise InputError("--max-new-tokens" if args.max_new_tokens < 1 else "--num-samples",
+                     "must be >= 1")
   path = args.model if args.model is not None else packaged_smollm2_gguf()
   model, tokenizer = load_model(path, dtype=args.dtype)
   [samples] = generate_texts(

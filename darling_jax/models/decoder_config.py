@@ -116,6 +116,15 @@ class DecoderConfig:
       )
       eos = cfg.get("eos_token_id")
       eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+      vocab = int(cfg["vocab_size"])
+      for name, ids in (("eos_token_id", eos), ("bos_token_id", (cfg.get("bos_token_id"),))):
+        for i in ids:
+          if i is not None and (isinstance(i, bool) or not isinstance(i, int)
+                                or not 0 <= i < vocab):
+            raise InputError(source, f"{name}={cfg.get(name)!r}: token ids must be integers in "
+                             f"[0, vocab_size={vocab})")
+      if n <= 0:
+        raise InputError(source, f"num_attention_heads must be positive, got {n}")
       attention_bias = bool(cfg.get("attention_bias", False))
       head_dim = cfg.get("head_dim") or d // n
       return cls(

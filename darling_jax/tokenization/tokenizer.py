@@ -116,9 +116,14 @@ def _token_str(value: Any) -> str | None:
 
 def _read_json(path: pathlib.Path) -> dict:
   try:
-    return json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except UnicodeDecodeError as e:
+    raise InputError(path, f"is not UTF-8 text (byte {e.start})") from None
   except json.JSONDecodeError as e:
     raise InputError(path, f"is not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise InputError(path, f"must hold a JSON object, not {type(data).__name__}")
+  return data
 
 
 def load_hf_tokenizer(folder: str | os.PathLike) -> Tokenizer:
@@ -131,7 +136,10 @@ def load_hf_tokenizer(folder: str | os.PathLike) -> Tokenizer:
     template = {t["name"]: t["template"] for t in template}.get("default")
   jinja_path = folder / "chat_template.jinja"
   if template is None and jinja_path.exists():
-    template = jinja_path.read_text()
+    try:
+      template = jinja_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+      raise InputError(jinja_path, f"is not UTF-8 text (byte {e.start})") from None
   bos = _token_str(tcfg.get("bos_token"))
   eos = [_token_str(tcfg.get("eos_token"))]
   pad = _token_str(tcfg.get("pad_token"))

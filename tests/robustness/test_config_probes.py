@@ -44,3 +44,11 @@ def test_workdir_that_is_a_file_and_disk_errors_are_one_line(tmp_path, capsys):
   code = main(["train", "--config", "configs/smoke.py", f"workdir={blocker}/sub"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 2 and "cannot be created" in err[-1]
+
+
+def test_prompt_that_is_not_utf8_is_one_error(capsys):
+  from darling_jax.cli.main import main  # pylint: disable=import-outside-toplevel
+
+  code = main(["generate", "--prompt", "caf\udce9", "--max-new-tokens", "2"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "--prompt" in err[0] and "UTF-8" in err[0]

@@ -90,3 +90,31 @@ def test_real_templates_render_within_the_default_limits():
   assert out.count("<|im_start|>") == 21 and len(out) > 2_000_000
   loop = "{% for i in range(3) %}{{ i }}{% endfor %}{{ 'ab' * 3 }}{{ 2 ** 10 }}"
   assert render_chat_template(loop, MESSAGES) == "012ababab1024"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"num_attention_heads": 0}, "num_attention_heads must be positive"),
+    ({"eos_token_id": "x"}, "eos_token_id='x'"),
+    ({"eos_token_id": [2, 10**9]}, "eos_token_id"),
+    ({"bos_token_id": -1}, "bos_token_id=-1"),
+    ({"hidden_size": "wide"}, "malformed field"),
+])
+def test_bad_config_json_fields_are_one_error_naming_the_file(edit, message):
+  from darling_jax.models.decoder_config import DecoderConfig  # pylint: disable=import-outside-toplevel
+
+  good = DecoderConfig.tiny().to_hf()
+  with pytest.raises(InputError, match=message) as e:
+    DecoderConfig.from_hf({**good, **edit}, source="/m/config.json")
+  assert "/m/config.json" in str(e.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"bos_token": "\xff\xfe"}', "is not UTF-8 text"), (b"[1, 2]", "must hold a JSON object"),
+    (b"{not json", "is not valid JSON")])
+def test_bad_tokenizer_config_is_one_error_naming_it(tmp_path, content, message):
+  from darling_jax.tokenization.tokenizer import load_hf_tokenizer  # noqa: E501 pylint: disable=import-outside-toplevel
+
+  (tmp_path / "tokenizer_config.json").write_bytes(content)
+  with pytest.raises(InputError, match=message) as e:
+    load_hf_tokenizer(tmp_path)
+  assert "tokenizer_config.json" in str(e.value)
