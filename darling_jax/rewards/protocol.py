@@ -71,6 +71,24 @@ def function_name(fn: Any) -> str:
   return qualname if isinstance(qualname, str) else type(fn).__qualname__
 
 
+def is_chat(prompt: Any) -> bool:
+  """A chat-message prompt: a sequence of {"role": str, "content": str} (dataset rows may hold
+  these instead of text; quality functions receive them as they are)."""
+  return (isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) > 0
+          and all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
+                  and isinstance(m.get("content"), str) for m in prompt))
+
+
+def prompt_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
+  """A prompt as one text: itself, a single user turn's content, or the turns as "role: content"
+  paragraphs (for quality functions that read text)."""
+  if isinstance(prompt, str):
+    return prompt
+  if len(prompt) == 1 and prompt[0]["role"] == "user":
+    return prompt[0]["content"]
+  return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
 def check_batch(
     prompts: Sequence[str],
     completions: Sequence[Sequence[str]],
@@ -79,8 +97,8 @@ def check_batch(
   """Validates the inputs of a quality call; returns (B, G).
 
   Raises:
-    InputError: a prompt or completion that is not a str, ragged groups, or a column whose length
-      is not B.
+    InputError: a prompt that is neither a str nor chat messages, a completion that is not a
+      str, ragged groups, or a column whose length is not B.
   """
   if isinstance(prompts, str) or not isinstance(prompts, Sequence):
     raise InputError("prompts", f"expected a sequence of B strings, got {type(prompts).__name__}")
@@ -92,8 +110,9 @@ def check_batch(
     raise InputError("completions", f"{len(completions)} groups for {b_size} prompts")
   g_size = len(completions[0]) if b_size else 0
   for b, (prompt, group) in enumerate(zip(prompts, completions)):
-    if not isinstance(prompt, str):
-      raise InputError(f"prompts[{b}]", f"expected str, got {type(prompt).__name__}")
+    if not (isinstance(prompt, str) or is_chat(prompt)):
+      raise InputError(f"prompts[{b}]", f"expected str or chat messages, got "
+                       f"{type(prompt).__name__}")
     if isinstance(group, str) or not isinstance(group, Sequence):
       raise InputError(f"completions[{b}]", f"expected G strings, got {type(group).__name__}")
     if len(group) != g_size:

@@ -60,7 +60,7 @@ from jaxtyping import Float
 
 from darling_jax.errors import InputError
 from darling_jax.models.reward_model import Pooling, RewardModel
-from darling_jax.rewards.protocol import check_batch
+from darling_jax.rewards.protocol import check_batch, prompt_text
 from darling_jax.sharding.mesh import single_device_mesh
 from darling_jax.sharding.rules import (
     DEFAULT_RULES, LogicalRules, activation_sharding, logical_to_spec, state_shardings)
@@ -381,6 +381,8 @@ class RewardModelQuality:
     B, G = check_batch(prompts, completions, {})
     if B * G == 0:
       return np.zeros((B, G), np.float32)
+    # A chat-message prompt becomes its text (prompt_text): its truncation keeps the text's end.
+    prompts = [prompt_text(p) for p in prompts]
     scores_N = self.score_ids(self.encode_batch(prompts, completions))
     return scores_N.reshape(B, G)
 

@@ -52,3 +52,33 @@ def test_prompt_that_is_not_utf8_is_one_error(capsys):
   code = main(["generate", "--prompt", "caf\udce9", "--max-new-tokens", "2"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "--prompt" in err[0] and "UTF-8" in err[0]
+
+
+def test_chat_message_prompts_reach_quality_functions():
+  from darling_jax.rewards.protocol import check_batch, prompt_text  # noqa: E501 pylint: disable=import-outside-toplevel
+
+  chat = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"})
+  assert check_batch([chat, "plain"], [["4"], ["5"]], {}) == (2, 1)
+  assert prompt_text(chat) == "system: Be brief.\n\nuser: 2+2?"
+  assert prompt_text(({"role": "user", "content": "hi"},)) == "hi"
+  with pytest.raises(InputError, match=r"prompts\[0\]"):
+    check_batch([({"role": 1},)], [["x"]], {})
+
+
+@pytest.mark.slow
+def test_training_on_chat_message_prompts_runs(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  data = tmp_path / "chat.jsonl"
+  data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {i}+2?"}],
+                                      "answer": str(i + 2)}) + "\n" for i in range(16)))
+  out = subprocess.run([sys.executable, "-m", "darling_jax", "train", "--config",
+                        "configs/smoke.py", "--no-progress", f"workdir={tmp_path / 'run'}",
+                        "steps=2", "diversity.source=ngram", f"data.dataset={data}",
+                        "data.answer_field=answer", "quality.functions=math_verify:1.0"],
+                       capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 2
