@@ -22,7 +22,9 @@ normalisation (94), Athene-RM-8B quality (96-98), validation and checkpoints eve
 mini-batch size, so verl's default (256 prompts, more than B) makes one update per step. tau = 0.32
 and ModernBERT-base are the paper's (darling.md section 2).
 
-Command (32 chips, e.g. 8 hosts x 4 H200 as in the paper, or a v5p-64 slice):
+Command (32 chips, e.g. 8 hosts x 4 H200 as in the paper, or a v5p-64 slice; on v5e / v6e
+chips add mesh.fsdp=8 mesh.tensor=4 update.max_tokens_per_micro_batch=160000, see the README's
+compiler table):
   darling-jax plan    --config configs/llama31_8b_wildchat.py --devices 32
   darling-jax compile --config configs/llama31_8b_wildchat.py --topology v5p:4x4x2
   darling-jax train   --config configs/llama31_8b_wildchat.py \
