@@ -114,6 +114,23 @@ def _token_str(value: Any) -> str | None:
   raise InputError("tokenizer_config.json", f"cannot read special token {value!r}")
 
 
+def read_fast_tokenizer(folder: str | os.PathLike, what: str):
+  """`folder/tokenizer.json` as a `tokenizers.Tokenizer` without truncation or padding (callers
+  cut and pad themselves); one InputError naming the file when it is absent or unreadable."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+
+  path = pathlib.Path(folder) / "tokenizer.json"
+  if not path.exists():
+    raise InputError(path, f"not found: {what} needs a HF fast tokenizer.json")
+  try:
+    tok = tokenizers.Tokenizer.from_file(str(path))
+  except Exception as e:  # the Rust error type is not importable; report it as input error
+    raise InputError(path, f"cannot be read as a tokenizer ({e})") from None
+  tok.no_truncation()
+  tok.no_padding()
+  return tok
+
+
 def _read_json(path: pathlib.Path) -> dict:
   try:
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -105,18 +105,10 @@ class EncoderTokenizer:
 
   @classmethod
   def from_folder(cls, folder: str | os.PathLike, model_type: str) -> "EncoderTokenizer":
-    import tokenizers  # host-only dependency; keep `import darling_jax.models.encoders` light
+    from darling_jax.tokenization.tokenizer import read_fast_tokenizer
 
     folder = pathlib.Path(folder)
-    path = folder / "tokenizer.json"
-    if not path.exists():
-      raise InputError(path, "not found: the encoder folder needs a HF fast tokenizer.json")
-    try:
-      tok = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust error type is not importable; report it as input error
-      raise InputError(path, f"cannot be read as a tokenizer ({e})") from None
-    tok.no_truncation()
-    tok.no_padding()
+    tok = read_fast_tokenizer(folder, "the encoder folder")
     specials: dict[str, Any] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
       if (folder / name).exists():
@@ -133,7 +125,7 @@ class EncoderTokenizer:
         i = tok.token_to_id(t)
         if i is not None:
           return int(i)
-      raise InputError(path, f"no {role} token (tried {[given, *fallbacks]})")
+      raise InputError(folder / "tokenizer.json", f"no {role} token (tried {[given, *fallbacks]})")
 
     return cls(tok, token_id("cls", ["[CLS]", "<s>"]), token_id("sep", ["[SEP]", "</s>"]),
                token_id("pad", ["[PAD]", "<pad>"]), model_type in _TYPE_IDS_FAMILIES)

@@ -219,19 +219,11 @@ class DecoderPairTokenizer:
 
   @classmethod
   def from_folder(cls, folder: str | os.PathLike, model_type: str = "") -> "DecoderPairTokenizer":
-    import tokenizers
+    from darling_jax.tokenization.tokenizer import read_fast_tokenizer
 
     del model_type
     folder = pathlib.Path(folder)
-    path = folder / "tokenizer.json"
-    if not path.exists():
-      raise InputError(path, "not found: a decoder classifier folder needs a HF tokenizer.json")
-    try:
-      tok = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust error type is not importable; report it as input error
-      raise InputError(path, f"cannot be read as a tokenizer ({e})") from None
-    tok.no_truncation()
-    tok.no_padding()
+    tok = read_fast_tokenizer(folder, "a decoder classifier folder")
     tcfg: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").exists():
       try:
