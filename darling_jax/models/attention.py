@@ -171,6 +171,14 @@ def _splash_local(q, k, v, q_seg, kv_seg, causal, interpret):
                               interpret=interpret)
   # The kernel takes no scale: fold 1/sqrt(H) into q (in float32, then back to q's dtype).
   q_NxTxH = jnp.swapaxes((q.astype(jnp.float32) * H ** -0.5).astype(q.dtype), 1, 2)
+  # Mosaic traces the kernel body when the program is lowered and reads the global matmul
+  # precision then: "highest"/"float32" asks for fp32 passes on bf16 operands, which it cannot
+  # lower ("Bad lhs type"). Say so here rather than in a compiler dump.
+  precision = str(jax.config.jax_default_matmul_precision or "").lower()
+  if not interpret and q.dtype == jnp.bfloat16 and precision in ("highest", "float32"):
+    raise InputError("policy.attention", "splash cannot run bfloat16 attention under "
+                     f"jax_default_matmul_precision={precision!r}; unset it or use "
+                     "policy.attention=blockwise")
   out = jax.vmap(kernel)(q_NxTxH, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
                          sk.SegmentIds(q=q_seg, kv=kv_seg))
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)

@@ -312,3 +312,17 @@ def test_sampler_greedy_rollouts_do_not_depend_on_the_prefill_backend(tiny_qwen3
     out = sample(g, s, ids, mask, jax.random.key(0), cfg)
     tokens[impl] = np.asarray(out.tokens)
   np.testing.assert_array_equal(tokens["blockwise"], tokens["einsum"])
+
+
+def test_splash_under_highest_precision_is_one_clear_error():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from darling_jax.errors import InputError  # pylint: disable=import-outside-toplevel
+  from darling_jax.models.attention import _splash_local  # pylint: disable=import-outside-toplevel
+
+  q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+  seg = jnp.ones((1, 128), jnp.int32)
+  with jax.default_matmul_precision("highest"):
+    with pytest.raises(InputError, match="jax_default_matmul_precision"):
+      _splash_local(q, q, q, seg, seg, True, interpret=False)
