@@ -30,6 +30,8 @@ class SamplerConfig:
     stop_ids: a row stops after emitting any of these ids (kept in the output, then padding).
     num_samples: G, rollouts per prompt; they share the prompt's KV cache.
     cache_dtype: dtype name of the KV cache ("bfloat16", "float32", "float16").
+    stop_check_every: decode steps between checks that every row has stopped (the loop's early
+      exit, a reduction over all rows and devices); the output is the same for any value.
   """
 
   max_new_tokens: int = 256
@@ -41,6 +43,7 @@ class SamplerConfig:
   stop_ids: tuple[int, ...] = ()
   num_samples: int = 1
   cache_dtype: str = "bfloat16"
+  stop_check_every: int = 1
 
   def __post_init__(self):
     # Tuples keep the config hashable: it is a static argument of the jitted sampler.
@@ -60,6 +63,8 @@ class SamplerConfig:
       raise InputError("sampler.num_samples", f"must be >= 1, got {self.num_samples}")
     if any(i < 0 for i in self.stop_ids):
       raise InputError("sampler.stop_ids", f"token ids must be >= 0, got {self.stop_ids}")
+    if self.stop_check_every < 1:
+      raise InputError("sampler.stop_check_every", f"must be >= 1, got {self.stop_check_every}")
     if self.cache_dtype not in CACHE_DTYPES:
       raise InputError("sampler.cache_dtype",
                        f"unknown dtype {self.cache_dtype!r}; one of {sorted(CACHE_DTYPES)}")

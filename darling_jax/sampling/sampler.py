@@ -207,10 +207,22 @@ def _rollout(graphdef, params, prompt_ids_BxP, prompt_mask_BxP, key, *, cfg: Sam
             c(col(logprobs_RxT, lp_R), "batch", None), c(col(mask_RxT, ~done_R), "batch", None),
             c(gen_k, *CACHE_AXES), c(gen_v, *CACHE_AXES))
 
+  def body_every_k(state, visible, end):
+    # k steps per loop iteration, so the all-rows-done reduction (a cross-device one on a mesh)
+    # runs once per k steps. Steps past `end` are skipped; steps after every row stopped only
+    # write padding with mask False, so tokens, logprobs and mask equal the k = 1 loop's.
+    for _ in range(k):
+      state = jax.lax.cond(state[0] < end, functools.partial(body, visible=visible),
+                           lambda st: st, state)
+    return state
+
+  k = cfg.stop_check_every
   state = (jnp.int32(1), tok_R, is_stop(tok_R), tokens_RxT, logprobs_RxT, mask_RxT, gen_k, gen_v)
   for visible in decode_phases(S):  # phase: steps t whose slot t-1 < visible
-    state = jax.lax.while_loop(functools.partial(cond, end=min(visible + 1, T)),
-                               functools.partial(body, visible=visible), state)
+    end = min(visible + 1, T)
+    step = (functools.partial(body, visible=visible) if k == 1
+            else functools.partial(body_every_k, visible=visible, end=end))
+    state = jax.lax.while_loop(functools.partial(cond, end=end), step, state)
   _, _, _, tokens_RxT, logprobs_RxT, mask_RxT, _, _ = state
   per_prompt = lambda a: c(a.reshape(B, G, *a.shape[1:]), "batch", None, None)  # noqa: E731
   return Rollouts(

@@ -1,5 +1,6 @@
 """The compiled rollout sampler vs full-sequence forwards of the same tiny decoder."""
 
+import dataclasses
 import importlib.util
 import pathlib
 
@@ -216,3 +217,14 @@ def test_phased_decoding_equals_one_phase(model, prompts, plain, monkeypatch):
   np.testing.assert_array_equal(np.asarray(phased.tokens), np.asarray(plain.tokens))
   np.testing.assert_allclose(np.asarray(phased.logprobs), np.asarray(plain.logprobs), atol=1e-6)
   assert (np.asarray(plain.lengths) > 6).any()  # some rows reached the last phase
+
+
+@pytest.mark.parametrize("every", [3, 4])
+def test_stop_check_every_k_steps_gives_the_same_rollouts(model, prompts, plain, every):
+  cfg = dataclasses.replace(PLAIN, stop_check_every=every)
+  out = sample_model(model, *prompts, jax.random.key(0), cfg, pad_id=PAD)
+  for name in ("tokens", "mask", "lengths"):
+    np.testing.assert_array_equal(np.asarray(getattr(out, name)), np.asarray(getattr(plain, name)))
+  np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(plain.logprobs), atol=1e-6)
+  with pytest.raises(InputError, match="sampler.stop_check_every"):
+    dataclasses.replace(PLAIN, stop_check_every=0)
