@@ -72,7 +72,10 @@ _LATEX_FRAC_RE = re.compile(
     r"([-+]?)\\[dt]?frac(?:\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}|(\d)(\d))", re.ASCII
 )
 # LaTeX spacing inside numbers ("112,\!875", "1\,000").
-_LATEX_SPACING_RE = re.compile(r"\\[!,;: ]|~")
+# LaTeX spacing Math-Verify ignores: a negative thin space anywhere, the others only around the
+# number ("1\\,000" and "~5" are no numbers to it, and the fast path must never disagree).
+_LATEX_SPACING_RE = re.compile(r"\\!")
+_EDGE_SPACING_RE = re.compile(r"^(?:\\[,;: ]|\s)+|(?:\\[,;: ]|\s)+$")
 
 
 def _tail(text: str) -> str:
@@ -197,14 +200,16 @@ def parse_number(text: str) -> fractions.Fraction | None:
 
   Plain numbers: integers and decimals with an optional sign and thousands commas ("1,000",
   "-2.50", ".5"), a ratio of those ("3/4"), or a LaTeX fraction of integers ("\\frac{3}{4}",
-  "-\\dfrac{14}{3}", "\\tfrac34"). Surrounding `$`, a leading `\\$`, LaTeX thin spaces
-  ("112,\\!875") and a trailing period are ignored; the Unicode minus counts as "-".
+  "-\\dfrac{14}{3}", "\\tfrac34"). Surrounding `$`, a leading `\\$`, negative thin spaces
+  ("112,\\!875"), spacing commands at either end and a trailing period are ignored; the Unicode
+  minus counts as "-".
   Anything else (units, percent, exponents, "1e5", more than `MAX_NUMBER_DIGITS` digits) is None:
   those go to the full verifier, which knows their conventions.
   """
   if len(text) > 4 * MAX_NUMBER_DIGITS:
     return None
   s = _LATEX_SPACING_RE.sub("", text).replace("{,}", ",").replace("\u2212", "-").strip()
+  s = _EDGE_SPACING_RE.sub("", s)
   s = s.strip("$").strip()
   if s.startswith("\\$"):
     s = s[2:].lstrip()

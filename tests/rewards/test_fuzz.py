@@ -160,3 +160,61 @@ def test_hypothesis_text(named_reward, group, wrap):
     group = [r"\boxed{" + text + "}" for text in group]
   golds = GOLDS[name][:1]
   _check_call(reward, golds, [group])
+
+
+def _number_variants(rng: random.Random, n: int) -> list[tuple[str, str]]:
+  """(gold, answer) pairs: a number written the ways people and models write it, and the ways
+  that only look like it (other digit scripts, a negation, units, exponents, near values)."""
+  scripts = [str.maketrans("0123456789", "".join(chr(0xFF10 + i) for i in range(10))),
+             str.maketrans("0123456789", "".join(chr(0x0660 + i) for i in range(10)))]
+  out = []
+  for _ in range(n):
+    value = rng.choice([rng.randrange(10), rng.randrange(10**6), rng.randrange(10**13)])
+    gold = str(value) if rng.random() < 0.8 else f"\\frac{{{value}}}{{{rng.randrange(1, 9)}}}"
+    text = str(value + rng.choice([0, 0, 0, 1, -1]))
+    kind = rng.randrange(12)
+    if kind == 0:
+      text = f"{int(text):,}"
+    elif kind == 1:
+      text += ".0" + "0" * rng.randrange(3)
+    elif kind == 2:
+      text = text.translate(rng.choice(scripts))
+    elif kind == 3:
+      text = rng.choice([r"\neg ", "-", "\u2212", "+", "~"]) + text
+    elif kind == 4:
+      text += rng.choice([r"\text{ apples}", r"\text{ apples}^2", "^2", r"\%", "!", "e3"])
+    elif kind == 5:
+      text = rng.choice(["$", r"\$", "$$"]) + text + rng.choice(["$", "", "$$"])
+    elif kind == 6:
+      text = f"\\frac{{{text}}}{{{rng.randrange(1, 4)}}}"
+    elif kind == 7:
+      text = f"{text}/{rng.randrange(1, 4)}"
+    elif kind == 8:
+      text = text[:-1] + "," + text[-1:] if len(text) > 1 else text
+    elif kind == 9:
+      text = "0" * rng.randrange(1, 3) + text
+    out.append((gold, text))
+  return out
+
+
+@pytest.mark.slow
+def test_fast_path_never_scores_one_where_math_verify_says_no():
+  """10,000 generated answers: whenever our in-process extraction + fast path scores 1, Math-Verify
+  (what the module promises never to disagree with) scores the same pair 1 too."""
+  import math_verify
+
+  from darling_jax.rewards.math_answer import AnswerSource, extract_answer
+  from darling_jax.rewards.math_verify import fast_path
+
+  rng = random.Random(1)
+  pairs = _number_variants(rng, 10_000)
+  credited = set()
+  for gold, text in pairs:
+    answer = extract_answer(f"The answer is \\boxed{{{text}}}.", AnswerSource.BOXED)
+    if answer is not None and fast_path(gold, answer) == 1.0:
+      credited.add((gold, answer))
+  assert 500 < len(credited) < 10_000  # the generator hits the fast path, and not only it
+  wrong = [(g, a) for g, a in sorted(credited)
+           if not math_verify.verify(math_verify.parse("\\boxed{" + g + "}"),
+                                     math_verify.parse("\\boxed{" + a + "}"))]
+  assert wrong == [], wrong[:10]
