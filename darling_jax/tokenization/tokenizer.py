@@ -131,6 +131,22 @@ def read_fast_tokenizer(folder: str | os.PathLike, what: str):
   return tok
 
 
+def encode_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+  """Ids of each text under a `tokenizers.Tokenizer`, no special tokens, cut to its first
+  `max_tokens` (classifier inputs: the caller adds its own separators)."""
+  if max_tokens < 1:
+    raise InputError("max_tokens", f"must be >= 1, got {max_tokens}")
+  for k, t in enumerate(texts):
+    if not isinstance(t, str):
+      raise InputError(f"texts[{k}]", f"must be a string, got {type(t).__name__}")
+  return [e.ids[:max_tokens] for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def read_json_object(path: pathlib.Path) -> dict:
+  """A JSON file holding an object; one InputError naming it otherwise."""
+  return _read_json(path)
+
+
 def _read_json(path: pathlib.Path) -> dict:
   try:
     data = json.loads(path.read_text(encoding="utf-8"))

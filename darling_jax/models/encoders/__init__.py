@@ -132,13 +132,9 @@ class EncoderTokenizer:
 
   def encode(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     """Token ids of each text, without special tokens, truncated to its first `max_tokens`."""
-    if max_tokens < 1:
-      raise InputError("max_tokens", f"must be >= 1, got {max_tokens}")
-    for k, t in enumerate(texts):
-      if not isinstance(t, str):
-        raise InputError(f"texts[{k}]", f"must be a string, got {type(t).__name__}")
-    encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    return [e.ids[:max_tokens] for e in encs]
+    from darling_jax.tokenization.tokenizer import encode_texts
+
+    return encode_texts(self.tokenizer, texts, max_tokens)
 
   @property
   def pair_overhead(self) -> int:

@@ -26,7 +26,6 @@ Axis letters: B rows, T length, D width, C labels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -224,12 +223,10 @@ class DecoderPairTokenizer:
     del model_type
     folder = pathlib.Path(folder)
     tok = read_fast_tokenizer(folder, "a decoder classifier folder")
-    tcfg: dict[str, Any] = {}
-    if (folder / "tokenizer_config.json").exists():
-      try:
-        tcfg = json.loads((folder / "tokenizer_config.json").read_text())
-      except json.JSONDecodeError as e:
-        raise InputError(folder / "tokenizer_config.json", f"not valid JSON ({e})") from None
+    from darling_jax.tokenization.tokenizer import read_json_object
+
+    tcfg_path = folder / "tokenizer_config.json"
+    tcfg: dict[str, Any] = read_json_object(tcfg_path) if tcfg_path.exists() else {}
     hf = read_config_json(folder)
 
     def token(role: str) -> int | None:
@@ -253,13 +250,9 @@ class DecoderPairTokenizer:
 
   def encode(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     """Token ids of each text, without special tokens, truncated to its first `max_tokens`."""
-    if max_tokens < 1:
-      raise InputError("max_tokens", f"must be >= 1, got {max_tokens}")
-    for k, t in enumerate(texts):
-      if not isinstance(t, str):
-        raise InputError(f"texts[{k}]", f"must be a string, got {type(t).__name__}")
-    encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    return [e.ids[:max_tokens] for e in encs]
+    from darling_jax.tokenization.tokenizer import encode_texts
+
+    return encode_texts(self.tokenizer, texts, max_tokens)
 
   def single(self, ids: Sequence[int]) -> list[int]:
     """`a [EOS]` (bi mode is not offered for decoders; kept for the interface)."""
