@@ -79,11 +79,23 @@ def _modernbert_base():
   return modernbert.Config()  # its defaults are answerdotai/ModernBERT-base
 
 
+def _qwen3_embedding_4b():
+  from darling_jax.models.decoder_config import DecoderConfig
+  from darling_jax.models.encoders import decoder_classifier
+
+  # Qwen/Qwen3-Embedding-4B's config.json: the Qwen3-4B body with a 151,665-row vocabulary and
+  # <|endoftext|> (151643) as its pad token; the paper's math classifier adds a 2-way head.
+  body = dataclasses.replace(DecoderConfig.qwen3_4b_base(), vocab_size=151_665,
+                             max_position_embeddings=40_960)
+  return decoder_classifier.Config(body, num_labels=2, pad_token_id=151_643)
+
+
 # name -> (HF model_type, encoder Config factory, classifier recipe it is trained with)
 CLASSIFIER_PRESETS: dict[str, tuple[str, Callable[[], Any], str]] = {
     "minilm": ("bert", _minilm, "default"),
     "default": ("bert", _minilm, "default"),  # the demo's classifier: MiniLM, default recipe
     "modernbert-base": ("modernbert", _modernbert_base, "full"),  # the chat recipe's
+    "qwen3-embedding-4b": ("qwen3", _qwen3_embedding_4b, "full"),  # the math recipe's
 }
 
 

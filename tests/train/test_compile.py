@@ -157,3 +157,16 @@ def test_plan_agrees_with_the_compiler():
   # Sampler: the KV cache + decode buffers + its weight copy against its temporaries + outputs,
   # within 2.5x.
   assert 0.4 < sampler_ratio < 2.5, sampler_ratio
+
+
+def test_math_classifier_preset_has_the_qwen3_embedding_4b_shape():
+  from darling_jax.train import shapes  # pylint: disable=import-outside-toplevel
+
+  config = apply_overrides(load_config_file(CONFIGS / "qwen3_4b_math.py"),
+                           ["diversity.classifier=qwen3-embedding-4b"])
+  shaped = shapes.abstract_classifier(config)
+  assert not shaped.reason and shaped.config.model_type == "qwen3"
+  import jax  # pylint: disable=import-outside-toplevel
+
+  n = sum(x.size for x in jax.tree.leaves(shaped.state))
+  assert 4.0e9 < n < 4.1e9, n  # Qwen3-Embedding-4B: 4.02B parameters, plus a 2 x 2560 head
