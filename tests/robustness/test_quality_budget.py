@@ -11,9 +11,10 @@ from darling_jax.train.components import build_quality
 from darling_jax.train.config import QualityConfig, TrainConfig
 from darling_jax.train.overrides import apply_overrides
 
-# Math-Verify spends seconds to minutes in sympy on a power tower; the per-answer limit is high
-# here so that only the step budget can stop them.
-HANGING = r"\boxed{9^{9^{9^{9^{9^{9^{9}}}}}}} = \boxed{x^{x^{x^{x^{x^{x}}}}}}"
+# Comparing a power tower with the number 9 makes sympy evaluate it, which never finishes (the
+# same answer tests/rewards/test_math_verify.py kills); the per-answer limit is high here so that
+# only the step budget can stop them.
+HANGING = r"\boxed{9^{9^{9^{9}}}}"
 
 
 @pytest.mark.slow
@@ -25,8 +26,8 @@ def test_step_budget_reaches_the_verifier_and_counts_unfinished_answers():
   try:
     reward.start()
     t0 = time.monotonic()
-    completions = [[HANGING + f" {i}" for i in range(6)] + [r"\boxed{7}", "no answer"]]
-    scores = reward(["p"], completions, {"answer": ["7"]})
+    completions = [[f"Try {i}: " + HANGING for i in range(6)] + [r"\boxed{9}", "no answer"]]
+    scores = reward(["p"], completions, {"answer": ["9"]})
     elapsed = time.monotonic() - t0
   finally:
     reward.close()
