@@ -143,7 +143,7 @@ def agg_loss(
       t_norm = loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor
       total = jnp.sum(masked) / jnp.float32(t_norm)
   n = loss_normalizer(m, mode) if normalizer is None else jnp.asarray(normalizer, jnp.float32)
-  return jnp.where(n > 0, total / jnp.where(n > 0, n, 1.0), 0.0)
+  return _normalized(total, n)
 
 
 def segment_agg_loss(
@@ -176,7 +176,11 @@ def segment_agg_loss(
       total = jnp.sum(per_seq / jnp.maximum(seq_tokens.astype(jnp.float32), 1.0))
     case LossAggMode.SEQ_MEAN_TOKEN_SUM_NORM:
       total = jnp.sum(masked) / jnp.float32(t_norm)
-  n = jnp.asarray(normalizer, jnp.float32)
+  return _normalized(total, jnp.asarray(normalizer, jnp.float32))
+
+
+def _normalized(total: Float[Array, ""], n: Float[Array, ""]) -> Float[Array, ""]:
+  """total / N, and 0 for an empty batch (N = 0) without a NaN in either branch's gradient."""
   return jnp.where(n > 0, total / jnp.where(n > 0, n, 1.0), 0.0)
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 from testing_support.checkpoints import restore_state_leaves
+from testing_support.smoke_runs import logged_metrics, one_device_env, smoke_cmd
 
 from darling_jax.errors import InputError
 from darling_jax.train.config import load_config_file
@@ -22,7 +23,6 @@ from darling_jax.train.resume_check import MAY_CHANGE, changed_fields, check_res
 from darling_jax.train.workdir_lock import LOCK_NAME, WorkdirLock
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TIMING = ("step_s", "tokens_per_s")
 
 
 def _smoke(*overrides):
@@ -70,23 +70,11 @@ def test_changed_fields_names_what_changes_the_run():
 
 # ---- end to end through the CLI ---------------------------------------------------------------
 
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "darling_jax", "train", "--config", str(REPO / "configs/smoke.py"),
-          "--no-progress", f"workdir={workdir}", "steps=4", "checkpoint_every=1",
-          "diversity.source=ngram", *extra]
-
-
-def _env():
-  env = dict(os.environ)
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env["XLA_FLAGS"] = ""
-  return env
+_cmd, _env = smoke_cmd, one_device_env
 
 
 def _metrics(workdir):
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: {k: v for k, v in r.items() if k not in TIMING and not k.startswith("time_")}
-          for r in rows}
+  return {r["step"]: r for r in logged_metrics(workdir)}
 
 
 @pytest.mark.slow

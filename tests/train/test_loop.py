@@ -2,40 +2,17 @@
 ends exactly as an uninterrupted run; a non-finite update never reaches a checkpoint."""
 
 import json
-import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from testing_support.checkpoints import restore_state_leaves
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TIMING = ("step_s", "tokens_per_s")
+from testing_support.smoke_runs import logged_metrics, one_device_env, smoke_cmd
 
 pytestmark = pytest.mark.slow
-
-
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "darling_jax", "train", "--config", str(REPO / "configs/smoke.py"),
-          "--no-progress", f"workdir={workdir}", "steps=4", "checkpoint_every=1",
-          "diversity.source=ngram", *extra]
-
-
-def _env():
-  env = dict(os.environ)
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env["XLA_FLAGS"] = ""  # one device, as a user's run
-  return env
-
-
-def _metrics(workdir):
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time_")}
-          for r in rows]
+_cmd, _env, _metrics = smoke_cmd, one_device_env, logged_metrics
 
 
 def _wait_for_step(proc, workdir, step, timeout=600):
